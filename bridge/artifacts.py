@@ -1,0 +1,131 @@
+"""Where exported files are kept: a local folder by default, S3 when scaled out.
+
+Writes stream in constant memory and are atomic: a reader sees the whole file or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+from urllib.parse import unquote, urlsplit
+
+from bridge.errors import ConfigurationError, NotFoundError
+
+CHUNK_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What :meth:`ArtifactStore.put` wrote."""
+
+    size: int
+    sha256: str
+
+
+class ArtifactStore(Protocol):
+    """A place to put files by key and read them back, whole or in part."""
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> StoredObject:
+        """Write *chunks* under *key* atomically; nothing is visible if iteration fails."""
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        """Yield the bytes of *key* from *start*, at most *length* of them.
+
+        :raises NotFoundError: no such object.
+        """
+
+    def size(self, key: str) -> int:
+        """Return the size of *key*. :raises NotFoundError: no such object."""
+
+    def delete(self, key: str) -> None:
+        """Remove *key*; missing keys are ignored."""
+
+    def ping(self) -> None:
+        """Raise if the store is unusable (for ``/readyz``)."""
+
+
+class LocalArtifactStore:
+    """Files in a local folder, written to a temporary file then renamed into place."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()) or not key or key.startswith("/"):
+            raise ValueError(f"invalid artifact key {key!r}")
+        return path
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> StoredObject:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as tmp:
+                for chunk in chunks:
+                    tmp.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        return StoredObject(size, digest.hexdigest())
+
+    def open(self, key: str, start: int = 0, length: int | None = None) -> Iterator[bytes]:
+        path = self._path(key)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"artifact {key!r} is gone") from None
+        return self._read(handle, start, length)
+
+    @staticmethod
+    def _read(handle: BinaryIO, start: int, length: int | None) -> Iterator[bytes]:
+        with handle:
+            handle.seek(start)
+            remaining = length
+            while remaining is None or remaining > 0:
+                chunk = handle.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def size(self, key: str) -> int:
+        try:
+            return self._path(key).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"artifact {key!r} is gone") from None
+
+    def delete(self, key: str) -> None:
+        self._path(key).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"artifact folder {str(self.root)!r} is not writable")
+
+
+def open_artifact_store(url: str) -> ArtifactStore:
+    """Build the store for ``artifacts_url``.
+
+    ``file:relative/folder`` (under the working directory), ``file:///absolute/folder``,
+    or ``s3://bucket/prefix``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path:
+            raise ConfigurationError(f"artifacts_url {url!r} names no local folder")
+        return LocalArtifactStore(unquote(parts.path))
+    raise ConfigurationError(f"artifacts_url {url!r}: use file:")

@@ -1,0 +1,96 @@
+"""Build a running bridge from settings: the one place where the parts are wired together."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.artifacts import ArtifactStore, open_artifact_store
+from bridge.backends import build_backends
+from bridge.backends.base import Backend, BackendServices
+from bridge.config import Settings
+from bridge.http import UpstreamClient
+from bridge.service import ExportService
+from bridge.signing import LinkSigner
+from bridge.stores import Store, open_store
+from bridge.tenants import TenantDirectory
+from bridge.worker import Worker
+
+GENERATED_KEY = "signing-key:generated"
+
+
+@dataclass
+class Bridge:
+    """The assembled parts of one bridge process."""
+
+    settings: Settings
+    store: Store
+    artifacts: ArtifactStore
+    backends: dict[str, Backend]
+    tenants: TenantDirectory
+    service: ExportService
+    worker: Worker | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        """Stop the worker and release connections."""
+        if self.worker is not None:
+            self.worker.stop()
+        for backend in self.backends.values():
+            backend.close()
+        self.store.close()
+
+
+def signing_keys(
+    settings: Settings, store: Store, clock: Callable[[], float]
+) -> list[tuple[str, bytes]]:
+    """The configured link keys; with none configured, one generated once and kept in the store."""
+    if settings.signing_keys:
+        return [(k.id, k.secret.get_secret_value().encode()) for k in settings.signing_keys]
+    secret = store.add_value(GENERATED_KEY, secrets.token_urlsafe(48), clock())
+    return [("auto", secret.encode())]
+
+
+def build_bridge(
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    start_worker: bool = True,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Bridge:
+    """Assemble store, artifacts, backends, tenants, service and (optionally) the worker."""
+    store = open_store(settings.database_url)
+    artifacts = open_artifact_store(settings.artifacts_url)
+
+    def make_client(backend: str) -> UpstreamClient:
+        return UpstreamClient(
+            backend,
+            settings.retry,
+            timeout=settings.upstream_timeout,
+            connect_timeout=settings.connect_timeout,
+            sleep=sleep,
+            clock=clock,
+            user_agent=f"confluence-export-bridge ({settings.app_name})",
+        )
+
+    services = BackendServices(
+        settings=settings, clock=clock, make_client=make_client, extras={"store": store}
+    )
+    backends = build_backends(services)
+    tenants = TenantDirectory.from_config(settings.tenants, backends)
+    service = ExportService(
+        settings,
+        store,
+        artifacts,
+        LinkSigner(signing_keys(settings, store, clock)),
+        backends,
+        tenants,
+        clock,
+    )
+    bridge = Bridge(settings, store, artifacts, backends, tenants, service)
+    if start_worker and settings.worker_threads > 0:
+        bridge.worker = Worker(service, settings.worker_threads).start()
+    return bridge

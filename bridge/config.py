@@ -1,0 +1,161 @@
+"""Settings: code defaults, then a TOML file, then ``BRIDGE_*`` environment variables.
+
+Read once at start-up (:func:`load_settings`); nothing reads the environment later.
+Nested values come from the environment as JSON (``BRIDGE_TENANTS='[...]'``) or with
+``__`` between levels (``BRIDGE_RETRY__ATTEMPTS=6``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from bridge.errors import ConfigurationError
+
+API_KEY_PREFIX = "sha256:"
+
+
+def hash_api_key(key: str) -> str:
+    """The stored form of a tenant API key (keys are random, so a plain SHA-256 suffices)."""
+    return API_KEY_PREFIX + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key() -> str:
+    """A fresh random tenant API key."""
+    return "ceb_" + secrets.token_urlsafe(32)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SigningKey(_Strict):
+    """One link-signing key. The first key in ``signing_keys`` signs; all of them verify."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    secret: SecretStr = Field(min_length=32)
+
+
+class RetrySettings(_Strict):
+    """How upstream calls are retried: capped, jittered exponential backoff."""
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    """Tries per upstream call within one step (the first try included)."""
+    backoff_base: float = Field(default=0.5, ge=0)
+    backoff_cap: float = Field(default=8.0, ge=0)
+    max_inline_wait: float = Field(default=10.0, ge=0)
+    """Longest wait slept inside a step; a longer Retry-After reschedules the job instead."""
+    retry_after_cap: float = Field(default=3600.0, gt=0)
+    """A Retry-After larger than this is treated as this (never slept, never overflowing)."""
+    job_attempts: int = Field(default=8, ge=1)
+    """Consecutive failed steps (each already retried) after which a job fails."""
+
+
+class TenantConfig(_Strict):
+    """A tenant: who may call (hashed API keys) and which upstreams it has configured."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    name: str = ""
+    api_keys: list[str] = Field(default_factory=list)
+    backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """One table per backend name (``scroll-rest``, ...), validated by that backend."""
+    default_backend: dict[str, str] = Field(default_factory=dict)
+    """Per format, the backend ``auto`` picks first (e.g. ``{pdf = "scroll-macro"}``)."""
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not (key.startswith(API_KEY_PREFIX) and len(key) == len(API_KEY_PREFIX) + 64):
+                raise ValueError(
+                    "API keys are stored hashed: use 'sha256:<hex>' "
+                    "(`export-bridge keygen` prints a key and its hash)"
+                )
+        return keys
+
+
+class Settings(BaseSettings):
+    """Everything the bridge reads at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BRIDGE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    public_url: str = "http://127.0.0.1:8080"
+    """The URL callers reach the bridge at; download links are built on it."""
+    database_url: str = "sqlite:///var/bridge.sqlite3"
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``redis://host:port/db``."""
+    artifacts_url: str = "file:var/artifacts"
+    """``file:relative/folder``, ``file:///absolute/folder`` or ``s3://bucket/prefix``."""
+    signing_keys: list[SigningKey] = Field(default_factory=list)
+    link_ttl: int = Field(default=3600, ge=30)
+    """Seconds a minted download link stays valid (never past the artifact's retention)."""
+    artifact_ttl: int = Field(default=7 * 86400, ge=60)
+    """Seconds an exported file is kept after its job completes."""
+    poll_interval: float = Field(default=2.0, gt=0)
+    """Least time between two status calls to an upstream for one job."""
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)
+    upstream_timeout: float = Field(default=30.0, gt=0)
+    connect_timeout: float = Field(default=5.0, gt=0)
+    worker_threads: int = Field(default=4, ge=0)
+    """In-process background threads; 0 disables the in-process worker."""
+    max_wait: int = Field(default=60, ge=0)
+    """Largest ``Prefer: wait=N`` honoured."""
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    app_name: str = "confluence-export-bridge"
+    """The app name reported to upstreams (e.g. Scroll's ``issued-by-app``)."""
+    allow_loopback_upstreams: bool = True
+    """Let upstream-supplied URLs point at loopback (the sandbox). Turn off in production."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Precedence: explicit arguments, then environment, then the TOML file.
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if settings_cls.model_config.get("toml_file"):
+            sources.append(TomlConfigSettingsSource(settings_cls))
+        return tuple(sources)
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from *config_file* (or ``$BRIDGE_CONFIG``), the environment and *overrides*.
+
+    :raises ConfigurationError: naming every invalid key.
+    """
+    path = config_file or os.environ.get("BRIDGE_CONFIG")
+    if path is not None and not Path(path).is_file():
+        raise ConfigurationError(f"config file {str(path)!r} does not exist")
+    settings_cls: type[Settings] = Settings
+    if path is not None:
+
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(toml_file=str(path))
+
+        settings_cls = FileSettings
+    try:
+        return settings_cls(**overrides)
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(f"invalid configuration: {problems}") from None

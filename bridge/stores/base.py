@@ -1,0 +1,78 @@
+"""The store interface the service needs; SQLite and Redis implement it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bridge.models import Job
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    """An ``Idempotency-Key`` seen before: the body's fingerprint and the job it created."""
+
+    fingerprint: str
+    job_id: str
+
+
+class Store(Protocol):
+    """Jobs with optimistic versions and leases, idempotency keys, and expiring values."""
+
+    def insert_job(
+        self, job: Job, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> IdempotencyRecord | None:
+        """Insert a new job. With an idempotency key already used by the tenant, insert
+        nothing and return the earlier record instead."""
+
+    def get_job(self, job_id: str) -> Job | None:
+        """Return the job, or ``None``."""
+
+    def save_job(self, job: Job) -> bool:
+        """Write *job* if its ``version`` is still the stored one; bump the version.
+
+        Returns ``False`` (and writes nothing) when someone else saved first.
+        """
+
+    def claim_job(
+        self, job_id: str, owner: str, now: float, lease: float, force: bool = False
+    ) -> bool:
+        """Take the job's lease for *lease* seconds if it is due and unleased.
+
+        Only one claimant wins, across threads and processes: this is what bounds
+        upstream polls to one per interval however many callers read the job.
+        ``force`` claims a job that is not due yet (still not one leased by another).
+        """
+
+    def extend_lease(self, job_id: str, owner: str, until: float) -> bool:
+        """Push the lease of a job *owner* holds out to *until*; ``False`` if it lost it."""
+
+    def release_job(self, job_id: str, owner: str) -> None:
+        """Give the lease back (only if *owner* still holds it)."""
+
+    def due_jobs(self, now: float, limit: int) -> list[str]:
+        """Ids of unfinished, unleased jobs whose next step is due."""
+
+    def expired_jobs(self, now: float, limit: int) -> list[Job]:
+        """Finished jobs whose artifact retention has passed."""
+
+    def delete_job(self, job_id: str) -> None:
+        """Forget a job."""
+
+    def get_value(self, key: str, now: float) -> str | None:
+        """Return an unexpired value."""
+
+    def set_value(self, key: str, value: str, now: float, ttl: float | None = None) -> None:
+        """Store a value, optionally expiring after *ttl* seconds."""
+
+    def add_value(self, key: str, value: str, now: float, ttl: float | None = None) -> str:
+        """Store *value* unless an unexpired value exists; return the value that won."""
+
+    def delete_value(self, key: str) -> None:
+        """Remove a value."""
+
+    def ping(self) -> None:
+        """Raise if the store is unusable (for ``/readyz``)."""
+
+    def close(self) -> None:
+        """Release connections."""
