@@ -8,7 +8,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 Clock = Callable[[], float]
 """A source of the current Unix time in seconds (``time.time`` in production)."""
@@ -31,6 +31,13 @@ class ManualClock:
             self._now += seconds
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """Serve without an access-log line per request (the demo and tests stay readable)."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
 class ServerThread:
     """Serve a WSGI app on ``127.0.0.1`` on a free port in a daemon thread.
 
@@ -38,10 +45,16 @@ class ServerThread:
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
-        self._server.daemon_threads = True
+        self._server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, request_handler=_QuietHandler
+        )
+        # Request threads must not keep the process alive at exit.
+        setattr(self._server, "daemon_threads", True)  # noqa: B010
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name=f"sandbox:{self.port}", daemon=True
+            target=self._server.serve_forever,
+            args=(0.05,),
+            name=f"sandbox:{self.port}",
+            daemon=True,
         )
 
     @property

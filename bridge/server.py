@@ -1,0 +1,48 @@
+"""Run the WSGI app under gunicorn, configured in code (no gunicorn.conf needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from bridge.config import Settings
+
+
+class BridgeServer(BaseApplication):  # type: ignore[misc]
+    """A gunicorn application that builds the bridge in each worker (after the fork)."""
+
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from handlers import create_app
+
+        return create_app(self.settings)
+
+
+def gunicorn_options(bind: str, workers: int, threads: int) -> dict[str, Any]:
+    """Production defaults: threads for I/O-bound polling, keep-alive above a load
+    balancer's 60 s idle timeout, graceful shutdown that lets requests finish."""
+    return {
+        "bind": bind,
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": 120,
+        "graceful_timeout": 30,
+        "keepalive": 75,
+        "accesslog": "-",
+        "forwarded_allow_ips": "127.0.0.1",
+    }
+
+
+def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
+    """Serve until stopped."""
+    BridgeServer(settings, gunicorn_options(bind, workers, threads)).run()
