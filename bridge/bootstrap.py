@@ -12,6 +12,8 @@ from bridge.artifacts import ArtifactStore, open_artifact_store
 from bridge.backends import build_backends
 from bridge.backends.base import Backend, BackendServices
 from bridge.config import Settings
+from bridge.crypto import SecretBox, load_or_create_key_file
+from bridge.errors import ConfigurationError
 from bridge.http import UpstreamClient
 from bridge.service import ExportService
 from bridge.signing import LinkSigner
@@ -54,6 +56,17 @@ def signing_keys(
     return [("auto", secret.encode())]
 
 
+def encryption_keys(settings: Settings) -> list[str]:
+    """The configured encryption keys, or the generated key file's key."""
+    if settings.encryption_keys:
+        return [key.get_secret_value() for key in settings.encryption_keys]
+    if not settings.database_url.startswith("sqlite:"):
+        raise ConfigurationError(
+            "encryption_keys must be configured when the store is shared (not SQLite)"
+        )
+    return [load_or_create_key_file(settings.encryption_key_file)]
+
+
 def build_bridge(
     settings: Settings,
     *,
@@ -76,8 +89,12 @@ def build_bridge(
             user_agent=f"confluence-export-bridge ({settings.app_name})",
         )
 
+    secret_box = SecretBox(encryption_keys(settings))
     services = BackendServices(
-        settings=settings, clock=clock, make_client=make_client, extras={"store": store}
+        settings=settings,
+        clock=clock,
+        make_client=make_client,
+        extras={"store": store, "secret_box": secret_box},
     )
     backends = build_backends(services)
     tenants = TenantDirectory.from_config(settings.tenants, backends)
@@ -90,7 +107,9 @@ def build_bridge(
         tenants,
         clock,
     )
-    bridge = Bridge(settings, store, artifacts, backends, tenants, service)
+    bridge = Bridge(
+        settings, store, artifacts, backends, tenants, service, extras={"secret_box": secret_box}
+    )
     if start_worker and settings.worker_threads > 0:
         bridge.worker = Worker(service, settings.worker_threads).start()
     return bridge

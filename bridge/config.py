@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     artifacts_url: str = "file:var/artifacts"
     """``file:relative/folder``, ``file:///absolute/folder`` or ``s3://bucket/prefix``."""
     signing_keys: list[SigningKey] = Field(default_factory=list)
+    encryption_keys: list[SecretStr] = Field(default_factory=list)
+    """Fernet keys for secrets at rest; the first encrypts, all decrypt. Required when
+    several machines share the store (Redis); otherwise generated into ``encryption_key_file``."""
+    encryption_key_file: str = "var/encryption.key"
     link_ttl: int = Field(default=3600, ge=30)
     """Seconds a minted download link stays valid (never past the artifact's retention)."""
     artifact_ttl: int = Field(default=7 * 86400, ge=60)

@@ -40,9 +40,12 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> None:
     api_key = new_api_key()
     with SandboxSuite() as suite:
         say(f"sandbox upstreams: {', '.join(f'{n} {s.url}' for n, s in suite.servers.items())}")
+        server = ServerThread()
         settings = load_settings(
+            public_url=server.url,
             database_url=f"sqlite:///{workdir / 'bridge.sqlite3'}",
             artifacts_url=f"file:{workdir / 'artifacts'}",
+            encryption_key_file=str(workdir / "encryption.key"),
             poll_interval=0.5,
             tenants=[
                 {
@@ -53,9 +56,7 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> None:
             ],
         )
         bridge = build_bridge(settings)
-        server = ServerThread(create_app(bridge=bridge))
-        bridge.settings = settings.model_copy(update={"public_url": server.url})
-        bridge.service.settings = bridge.settings
+        server.app = create_app(bridge=bridge)
         with server:
             say(f"bridge:            {server.url}  (state in {workdir})")
             client = BridgeClient(server.url, api_key)

@@ -99,7 +99,7 @@ class ExportService:
         request = parse_model(ExportRequest, body)
         tenant = self.tenants.get(caller.tenant_id)
         name = self.choose_backend(tenant, request)
-        self.backends[name].parse_options(request)
+        self.backends[name].validate(tenant.backends[name], request)
         as_user = self._as_user(caller, request)
         now = self.clock()
         job = Job(

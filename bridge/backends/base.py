@@ -120,6 +120,13 @@ class Backend(abc.ABC):
         """Validate ``request.options`` for this backend (errors name ``options.<field>``)."""
         return parse_model(self.Options, request.options, "options")
 
+    def validate(self, config: Any, request: ExportRequest) -> None:
+        """Check, before a job is stored, what only this backend knows is required.
+
+        :raises ValidationError: naming the fields at fault.
+        """
+        self.parse_options(request)
+
     def unsupported(self, config: Any, request: ExportRequest) -> str | None:
         """Why this backend, so configured, cannot serve *request*; ``None`` if it can."""
         if request.format not in self.formats:

@@ -128,6 +128,11 @@ class ScrollRestBackend(Backend):
             return "scroll-rest exports a page (and its descendants), not a whole space"
         return super().unsupported(config, request)
 
+    def validate(self, config: Any, request: ExportRequest) -> None:
+        options = self.parse_options(request)
+        assert isinstance(options, ScrollRestOptions)
+        export_parameters(config, request, options)
+
     # --- the three verbs -------------------------------------------------------------
 
     def start(self, ctx: JobContext, request: ExportRequest) -> Step:

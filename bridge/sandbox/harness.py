@@ -44,9 +44,10 @@ class ServerThread:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, app: Any = None, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=_QuietHandler
+            host, port, self._dispatch, threaded=True, request_handler=_QuietHandler
         )
         # Request threads must not keep the process alive at exit.
         setattr(self._server, "daemon_threads", True)  # noqa: B010
@@ -56,6 +57,13 @@ class ServerThread:
             name=f"sandbox:{self.port}",
             daemon=True,
         )
+
+    def _dispatch(self, environ: Any, start_response: Any) -> Any:
+        # The app may be set after the port is known (its config needs its own URL).
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"starting"]
+        return self.app(environ, start_response)
 
     @property
     def port(self) -> int:

@@ -37,8 +37,15 @@ class PageTree:
         pad_to: int | None = None,
         labels: list[str] | None = None,
     ) -> Page:
-        page = Page(page_id, title, space_key, body or f"Content of {title}.", parent_id,
-                    labels=list(labels or []), pad_to=pad_to)
+        page = Page(
+            page_id,
+            title,
+            space_key,
+            body or f"Content of {title}.",
+            parent_id,
+            labels=list(labels or []),
+            pad_to=pad_to,
+        )
         self.pages[page_id] = page
         if parent_id is not None:
             self.pages[parent_id].children.append(page_id)
@@ -71,8 +78,9 @@ def demo_tree() -> PageTree:
     return tree
 
 
-def wide_tree(root_id: str = "500000", pages: int = 1000, fanout: int = 10,
-              space_key: str = "BIG") -> PageTree:
+def wide_tree(
+    root_id: str = "500000", pages: int = 1000, fanout: int = 10, space_key: str = "BIG"
+) -> PageTree:
     """A tree of *pages* pages under one root, each node with up to *fanout* children."""
     tree = PageTree()
     tree.add(root_id, "Big Root", space_key=space_key)
