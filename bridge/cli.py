@@ -179,3 +179,7 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             options[key] = value
     return options
+
+
+if __name__ == "__main__":
+    main()
