@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -116,10 +117,8 @@ class PeakRSS:
     def current(self) -> int:
         total = 0
         for proc in [self.process, *self.process.children(recursive=True)]:
-            try:
+            with contextlib.suppress(psutil.Error):  # a child may exit while we look
                 total += proc.memory_info().rss
-            except psutil.Error:
-                pass
         return total
 
     def _run(self) -> None:
