@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import BaseModel, SecretStr
 
 from bridge.artifacts import ArtifactStore, open_artifact_store
 from bridge.backends import build_backends
@@ -65,6 +68,34 @@ def encryption_keys(settings: Settings) -> list[str]:
             "encryption_keys must be configured when the store is shared (not SQLite)"
         )
     return [load_or_create_key_file(settings.encryption_key_file)]
+
+
+_SECRET_NAME = re.compile(r"(token|secret|password|key)$", re.IGNORECASE)
+
+
+def configured_secrets(settings: Settings) -> list[str]:
+    """Every secret in the settings (for log redaction): ``SecretStr`` values anywhere, and
+    string values of backend-table keys named like secrets (``token``, ``password``, ...)."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, SecretStr):
+            found.append(value.get_secret_value())
+        elif isinstance(value, BaseModel):
+            for item in value.__dict__.values():
+                walk(item)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(item, str) and _SECRET_NAME.search(str(key)):
+                    found.append(item)
+                else:
+                    walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                walk(item)
+
+    walk(settings)
+    return [secret for secret in found if secret]
 
 
 def build_bridge(

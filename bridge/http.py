@@ -32,6 +32,7 @@ from bridge.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from bridge.observability import REQUEST_ID, UPSTREAM_CALLS, UPSTREAM_RETRIES
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 """Statuses worth another try; 500 only for idempotent calls."""
@@ -152,13 +153,19 @@ class UpstreamClient:
         if idempotent is None:
             idempotent = method.upper() in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
         kwargs.setdefault("timeout", self.timeout)
+        request_id = REQUEST_ID.get()
+        if request_id:
+            kwargs["headers"] = {"X-Request-Id": request_id, **(kwargs.get("headers") or {})}
         attempt = 0
         while True:
             attempt += 1
+            if attempt > 1:
+                UPSTREAM_RETRIES.labels(self.backend).inc()
             try:
                 response = self.session.request(method, url, stream=stream, **kwargs)
             except requests.exceptions.RequestException as exc:
                 error = self._map_exception(exc)
+                UPSTREAM_CALLS.labels(self.backend, error.code).inc()
                 can_retry = idempotent or (
                     isinstance(exc, requests.exceptions.ConnectionError)
                     and not isinstance(exc, requests.exceptions.ReadTimeout)
@@ -167,6 +174,7 @@ class UpstreamClient:
                     raise error from exc
                 self._wait_or_raise(attempt, None, error)
                 continue
+            UPSTREAM_CALLS.labels(self.backend, str(response.status_code)).inc()
             if response.status_code in expected:
                 return response
             error = self._error_for(response)

@@ -38,11 +38,17 @@ def gunicorn_options(bind: str, workers: int, threads: int) -> dict[str, Any]:
         "timeout": 120,
         "graceful_timeout": 30,
         "keepalive": 75,
-        "accesslog": "-",
+        # No gunicorn access log: its request line would carry download tokens. The app
+        # logs each request itself with the route pattern instead (handlers/metrics.py).
+        "accesslog": None,
         "forwarded_allow_ips": "127.0.0.1",
     }
 
 
 def run_gunicorn(settings: Settings, *, bind: str, workers: int, threads: int) -> None:
-    """Serve until stopped."""
+    """Serve until stopped, logging JSON lines with every configured secret redacted."""
+    from bridge.bootstrap import configured_secrets
+    from bridge.observability import configure_logging
+
+    configure_logging(configured_secrets(settings))
     BridgeServer(settings, gunicorn_options(bind, workers, threads)).run()

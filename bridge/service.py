@@ -36,6 +36,7 @@ from bridge.errors import (
 )
 from bridge.http import backoff_delay
 from bridge.models import Artifact, Caller, ExportRequest, Job, JobError, JobState, parse_model
+from bridge.observability import JOB_SECONDS, JOBS_FINISHED, REQUEST_ID
 from bridge.signing import LinkClaims, LinkSigner
 from bridge.stores.base import Store
 from bridge.tenants import Tenant, TenantDirectory
@@ -252,12 +253,15 @@ class ExportService:
         owner = uuid.uuid4().hex
         if not self.store.claim_job(job_id, owner, self.clock(), LEASE_SECONDS):
             return None
+        # Background steps log (and tell upstreams) the job id when no request id is set.
+        token = REQUEST_ID.set(REQUEST_ID.get() or f"job-{job_id}")
         try:
             job = self.store.get_job(job_id)
             if job is None or job.state.final:
                 return job
             return self._step(job, owner, fetch)
         finally:
+            REQUEST_ID.reset(token)
             self.store.release_job(job_id, owner)
 
     def _step(self, job: Job, owner: str, fetch: bool) -> Job:
@@ -402,6 +406,10 @@ class ExportService:
             listener(job_id)
 
     def _finished(self, job: Job) -> None:
+        JOBS_FINISHED.labels(job.backend, job.state.value).inc()
+        JOB_SECONDS.labels(job.backend, job.state.value).observe(
+            max(0.0, job.updated_at - job.created_at)
+        )
         for listener in self.on_finished:
             try:
                 listener(job)

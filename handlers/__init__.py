@@ -6,7 +6,7 @@ from flask import Flask
 
 from bridge.bootstrap import Bridge, build_bridge
 from bridge.config import Settings, load_settings
-from handlers import downloads, errors, exports, health, openapi
+from handlers import downloads, errors, exports, health, metrics, openapi
 
 
 def create_app(settings: Settings | None = None, *, bridge: Bridge | None = None) -> Flask:
@@ -18,6 +18,7 @@ def create_app(settings: Settings | None = None, *, bridge: Bridge | None = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["bridge"] = bridge
     errors.register(app)
+    metrics.init_app(app)
     for module in (exports, downloads, health, openapi):
         app.register_blueprint(module.bp)
     return app

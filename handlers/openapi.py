@@ -253,6 +253,13 @@ def build_spec() -> dict[str, Any]:
                     "responses": {"200": {"description": "Ready."}, **_errors("503")},
                 }
             },
+            "/metrics": {
+                "get": {
+                    "operationId": "metrics",
+                    "summary": "Prometheus metrics.",
+                    "responses": {"200": {"description": "Exposition text."}},
+                }
+            },
             "/openapi.json": {
                 "get": {
                     "operationId": "openapi",
