@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from bridge.errors import ConfigurationError, NotFoundError
@@ -49,6 +49,14 @@ class ArtifactStore(Protocol):
         """Raise if the store is unusable (for ``/readyz``)."""
 
 
+@runtime_checkable
+class PresignedDownloads(Protocol):
+    """An artifact store that can hand out its own expiring download URLs (S3)."""
+
+    def presigned_url(self, key: str, filename: str, content_type: str, expires_in: int) -> str:
+        """A URL that downloads *key* as *filename* for *expires_in* seconds."""
+
+
 class LocalArtifactStore:
     """Files in a local folder, written to a temporary file then renamed into place."""
 
@@ -58,7 +66,7 @@ class LocalArtifactStore:
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root.resolve()) or not key or key.startswith("/"):
+        if self.root.resolve() not in path.parents or not key or key.startswith("/"):
             raise ValueError(f"invalid artifact key {key!r}")
         return path
 
@@ -117,15 +125,21 @@ class LocalArtifactStore:
             raise OSError(f"artifact folder {str(self.root)!r} is not writable")
 
 
-def open_artifact_store(url: str) -> ArtifactStore:
+def open_artifact_store(
+    url: str, *, s3_endpoint_url: str | None = None, s3_region: str | None = None
+) -> ArtifactStore:
     """Build the store for ``artifacts_url``.
 
     ``file:relative/folder`` (under the working directory), ``file:///absolute/folder``,
-    or ``s3://bucket/prefix``.
+    or ``s3://bucket/prefix`` (at *s3_endpoint_url* in *s3_region*, else AWS's defaults).
     """
     parts = urlsplit(url)
     if parts.scheme == "file":
         if parts.netloc not in ("", "localhost") or not parts.path:
             raise ConfigurationError(f"artifacts_url {url!r} names no local folder")
         return LocalArtifactStore(unquote(parts.path))
-    raise ConfigurationError(f"artifacts_url {url!r}: use file:")
+    if parts.scheme == "s3":
+        from bridge.s3 import S3ArtifactStore  # only scaled-out installs have boto3
+
+        return S3ArtifactStore.from_url(url, endpoint_url=s3_endpoint_url, region=s3_region)
+    raise ConfigurationError(f"artifacts_url {url!r}: use file: or s3:")

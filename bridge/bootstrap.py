@@ -16,12 +16,14 @@ from bridge.backends import build_backends
 from bridge.backends.base import Backend, BackendServices
 from bridge.config import Settings
 from bridge.crypto import SecretBox, load_or_create_key_file
+from bridge.delivery import Deliveries
 from bridge.errors import ConfigurationError
 from bridge.http import UpstreamClient
 from bridge.service import ExportService
 from bridge.signing import LinkSigner
 from bridge.stores import Store, open_store
 from bridge.tenants import TenantDirectory
+from bridge.views import job_view
 from bridge.worker import Worker
 
 GENERATED_KEY = "signing-key:generated"
@@ -39,11 +41,15 @@ class Bridge:
     service: ExportService
     worker: Worker | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    closers: list[Callable[[], None]] = field(default_factory=list)
+    """Called by :meth:`close` (e.g. the RQ dispatcher's connection)."""
 
     def close(self) -> None:
         """Stop the worker and release connections."""
         if self.worker is not None:
             self.worker.stop()
+        for closer in self.closers:
+            closer()
         for backend in self.backends.values():
             backend.close()
         self.store.close()
@@ -107,7 +113,11 @@ def build_bridge(
 ) -> Bridge:
     """Assemble store, artifacts, backends, tenants, service and (optionally) the worker."""
     store = open_store(settings.database_url)
-    artifacts = open_artifact_store(settings.artifacts_url)
+    artifacts = open_artifact_store(
+        settings.artifacts_url,
+        s3_endpoint_url=settings.s3_endpoint_url,
+        s3_region=settings.s3_region,
+    )
 
     def make_client(backend: str) -> UpstreamClient:
         return UpstreamClient(
@@ -138,9 +148,20 @@ def build_bridge(
         tenants,
         clock,
     )
+    service.deliveries = Deliveries(
+        settings,
+        store,
+        clock,
+        render=lambda job: job_view(job, service),
+        secret_for=lambda tenant_id: getattr(tenants.find(tenant_id), "callback_secret", None),
+    )
     bridge = Bridge(
         settings, store, artifacts, backends, tenants, service, extras={"secret_box": secret_box}
     )
-    if start_worker and settings.worker_threads > 0:
+    if settings.background == "rq":
+        from bridge.rq_worker import attach  # RQ workers take the steps; no threads here
+
+        attach(bridge)
+    elif start_worker and settings.worker_threads > 0:
         bridge.worker = Worker(service, settings.worker_threads).start()
     return bridge

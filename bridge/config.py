@@ -7,11 +7,13 @@ Nested values come from the environment as JSON (``BRIDGE_TENANTS='[...]'``) or 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import secrets
+import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -19,6 +21,7 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -71,8 +74,26 @@ class TenantConfig(_Strict):
     api_keys: list[str] = Field(default_factory=list)
     backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """One table per backend name (``scroll-rest``, ...), validated by that backend."""
+    callback_secret: SecretStr | None = None
+    """Signs this tenant's callbacks (Standard Webhooks: ``whsec_`` + base64 of 24-64 bytes)."""
     default_backend: dict[str, str] = Field(default_factory=dict)
     """Per format, the backend ``auto`` picks first (e.g. ``{pdf = "scroll-macro"}``)."""
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _whsec(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            value = secret.get_secret_value()
+            try:
+                raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                raw = b""
+            if not value.startswith("whsec_") or not 24 <= len(raw) <= 64:
+                raise ValueError(
+                    "use 'whsec_' + base64 of 24 to 64 random bytes "
+                    "(`export-bridge keygen` prints one)"
+                )
+        return secret
 
     @field_validator("api_keys")
     @classmethod
@@ -117,10 +138,27 @@ class Settings(BaseSettings):
     """In-process background threads; 0 disables the in-process worker."""
     max_wait: int = Field(default=60, ge=0)
     """Largest ``Prefer: wait=N`` honoured."""
+    background: Literal["threads", "rq"] = "threads"
+    """Where background steps run: in-process threads, or RQ workers started with
+    ``export-bridge worker`` (needs a ``redis://`` ``database_url``)."""
+    s3_endpoint_url: str | None = None
+    """An S3-compatible endpoint (MinIO, LocalStack); default: AWS, or ``$AWS_ENDPOINT_URL``."""
+    s3_region: str | None = None
+    """The bucket's region; default: the standard AWS configuration (``$AWS_REGION``)."""
+    download_mode: Literal["bridge", "presigned"] = "bridge"
+    """``bridge`` streams files through signed bridge links; ``presigned`` hands out
+    pre-signed S3 URLs instead (needs an ``s3://`` ``artifacts_url``; for Lambda)."""
     retry: RetrySettings = Field(default_factory=RetrySettings)
     tenants: list[TenantConfig] = Field(default_factory=list)
     app_name: str = "confluence-export-bridge"
     """The app name reported to upstreams (e.g. Scroll's ``issued-by-app``)."""
+    allow_private_callbacks: bool = False
+    """Let callback URLs point at loopback/private addresses (tests only)."""
+    callback_schedule: list[float] = Field(
+        default_factory=lambda: [0.0, 5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    )
+    """Seconds before each delivery attempt (Standard Webhooks' example schedule)."""
+    callback_timeout: float = Field(default=15.0, gt=0)
     allow_loopback_upstreams: bool = True
     """Let upstream-supplied URLs point at loopback (the sandbox). Turn off in production."""
 
@@ -157,6 +195,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
         settings_cls = FileSettings
     try:
         return settings_cls(**overrides)
+    except (tomllib.TOMLDecodeError, SettingsError) as exc:
+        raise ConfigurationError(f"invalid configuration: {exc}") from None
     except PydanticValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from bridge.config import RetrySettings
 from bridge.errors import (
@@ -78,13 +79,21 @@ class HostPolicy:
 
     def check(self, url: str, backend: str) -> None:
         """:raises UpstreamResponseError: if *url* is not http(s) to an allowed host."""
-        parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in ("http", "https") or not host:
+        # Parse as urllib3 will when requests connects, and refuse anything ambiguous
+        # (a backslash or whitespace makes parsers disagree about the host).
+        try:
+            if any(c in url for c in "\\ \t\r\n") or not url.isprintable():
+                raise ValueError("ambiguous characters")
+            parts = parse_url(url)
+            host = (parts.host or "").lower().strip("[]")
+            port = parts.port
+        except (ValueError, LocationParseError):
+            host, port, parts = "", None, None
+        if parts is None or parts.scheme not in ("http", "https") or not host:
             raise UpstreamResponseError(
                 f"upstream gave an unusable URL {url[:200]!r}", backend=backend
             )
-        netloc = f"{host}:{parts.port}" if parts.port else host
+        netloc = f"{host}:{port}" if port else host
         for entry in self.allowed:
             entry = entry.lower()
             matches = entry in (host, netloc) or (

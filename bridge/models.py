@@ -79,6 +79,8 @@ class ExportRequest(_Model):
         default=None, alias="asUser"
     )
     callback: Callback | None = None
+    attach_to_page: bool = Field(default=False, alias="attachToPage")
+    """Also attach the file to the exported page (as the job's user, else as the app)."""
 
     @field_validator("source", mode="before")
     @classmethod
@@ -122,7 +124,7 @@ def field_errors(exc: PydanticValidationError, prefix: str = "") -> list[FieldEr
     """
     merged: dict[str, list[str]] = {}
     for error in exc.errors(include_url=False):
-        parts = [str(p) for p in error["loc"] if not _is_union_tag(p)]
+        parts = _field_path(error["loc"])
         path = ".".join(([prefix] if prefix else []) + parts) or (prefix or "body")
         message = "Unknown field." if error["type"] == "extra_forbidden" else error["msg"]
         if message not in merged.setdefault(path, []):
@@ -130,12 +132,20 @@ def field_errors(exc: PydanticValidationError, prefix: str = "") -> list[FieldEr
     return [FieldError(path, " Or: ".join(messages)) for path, messages in merged.items()]
 
 
+_UNION_FIELDS = frozenset({"source", "template", "as_user", "asUser"})
 _UNION_TAG = re.compile(r"^(PageSource|SpaceSource|constrained-\w+|\w+\[.*\]|str|int)$")
 
 
-def _is_union_tag(part: object) -> bool:
-    # pydantic inserts the tried union member's name into error locations.
-    return isinstance(part, str) and bool(_UNION_TAG.match(part))
+def _field_path(loc: tuple[int | str, ...]) -> list[str]:
+    """The field names in an error location, without the union member pydantic tried
+    (which it inserts right after a union-typed field such as ``template``)."""
+    parts: list[str] = []
+    for index, part in enumerate(loc):
+        after_union = index > 0 and str(loc[index - 1]) in _UNION_FIELDS
+        if after_union and isinstance(part, str) and _UNION_TAG.match(part):
+            continue
+        parts.append(str(part))
+    return parts
 
 
 class JobState(enum.StrEnum):

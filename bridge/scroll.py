@@ -3,6 +3,7 @@ macro route (the macro's output "corresponds to" the REST operation's response).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +14,7 @@ STATUSES = frozenset({"incomplete", "complete", "error", "cancelled"})
 
 def _int(data: dict[str, Any], key: str) -> int:
     value = data.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         return 0
     return int(value)
 
@@ -34,19 +35,28 @@ class ScrollStatus:
 
         :raises UpstreamResponseError: not an object, or an unknown ``status``.
         """
-        if not isinstance(data, dict) or data.get("status") not in STATUSES:
-            status = data.get("status") if isinstance(data, dict) else type(data).__name__
+        if not isinstance(data, dict):
             raise UpstreamResponseError(
-                f"Scroll sent an unknown job status {status!r}", backend=backend
+                f"Scroll sent a {type(data).__name__} where a job status belongs", backend=backend
+            )
+        status = data.get("status")
+        if not isinstance(status, str) or status not in STATUSES:
+            raise UpstreamResponseError(
+                f"Scroll sent an unknown job status {str(status)[:40]!r}", backend=backend
             )
         url = data.get("downloadUrl")
         return cls(
-            status=data["status"],
+            status=status,
             step=_int(data, "step"),
             total_steps=_int(data, "totalSteps"),
             step_progress=_int(data, "stepProgress"),
             download_url=url if isinstance(url, str) and url else None,
         )
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the job will not change any more (complete, error or cancelled)."""
+        return self.status != "incomplete"
 
     @property
     def progress_percent(self) -> int:

@@ -22,17 +22,21 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from bridge.artifacts import ArtifactStore
+from bridge.artifacts import ArtifactStore, PresignedDownloads
 from bridge.backends.base import Backend, Cancelled, JobContext, Ready, Running, Step
 from bridge.config import Settings
+from bridge.delivery import Deliveries, check_callback_url
 from bridge.errors import (
     BridgeError,
     ConflictError,
+    FieldError,
     IdempotencyKeyReusedError,
     NotFoundError,
     PermissionDeniedError,
     UnsupportedRequestError,
     UpstreamError,
+    UpstreamUnavailableError,
+    ValidationError,
 )
 from bridge.http import backoff_delay
 from bridge.models import Artifact, Caller, ExportRequest, Job, JobError, JobState, parse_model
@@ -85,7 +89,9 @@ class ExportService:
         self.on_due: list[Callable[[str], None]] = []
         """Called with a job id when it has work to do now (the worker listens)."""
         self.on_finished: list[Callable[[Job], None]] = []
-        """Called with a job once it reaches a final state (deliveries listen)."""
+        """Called with a job once it reaches a final state."""
+        self.deliveries: Deliveries | None = None
+        """Queues callbacks/attachments of finishing jobs (set by the bootstrap)."""
 
     # --- caller operations -------------------------------------------------------------
 
@@ -102,6 +108,18 @@ class ExportService:
         name = self.choose_backend(tenant, request)
         self.backends[name].validate(tenant.backends[name], request)
         as_user = self._as_user(caller, request)
+        if request.callback is not None:
+            if not tenant.callback_secret:
+                raise ValidationError(
+                    "This tenant cannot receive callbacks.",
+                    [FieldError("callback", "No callback_secret is configured for this tenant.")],
+                )
+            check_callback_url(str(request.callback.url), self.settings.allow_private_callbacks)
+        if request.attach_to_page and request.page_id is None:
+            raise ValidationError(
+                "Only a page export can be attached to its page.",
+                [FieldError("attachToPage", "Export a page (source.pageId) to attach it.")],
+            )
         now = self.clock()
         job = Job(
             id=uuid.uuid4().hex,
@@ -213,9 +231,18 @@ class ExportService:
         """A freshly signed link to the job's file (``None`` until it is complete)."""
         if job.state is not JobState.COMPLETE or job.artifact is None:
             return None
-        expires = int(self.clock() + self.settings.link_ttl)
+        now = self.clock()
+        expires = int(now + self.settings.link_ttl)
         if job.expires_at is not None:
             expires = min(expires, int(job.expires_at))
+        if self.settings.download_mode == "presigned" and isinstance(
+            self.artifacts, PresignedDownloads
+        ):
+            artifact = job.artifact
+            url = self.artifacts.presigned_url(
+                artifact.key, artifact.filename, artifact.content_type, int(expires - now)
+            )
+            return DownloadLink(url, expires)
         token = self.signer.sign(LinkClaims(job.id, job.tenant_id, expires))
         filename = quote(job.artifact.filename, safe="")
         return DownloadLink(
@@ -325,7 +352,7 @@ class ExportService:
             stored = self.artifacts.put(key, self._renewing(download.chunks, job.id, owner))
         if download.size is not None and stored.size != download.size:
             self.artifacts.delete(key)
-            raise UpstreamError(
+            raise UpstreamUnavailableError(
                 f"The download ended after {stored.size} of {download.size} bytes.",
                 backend=job.backend,
             )
@@ -370,6 +397,9 @@ class ExportService:
 
     def _finish(self, job: Job) -> None:
         job.expires_at = self.clock() + self.settings.artifact_ttl
+        if self.deliveries is not None:
+            # Queued before the final state is saved: a crash in between loses nothing.
+            self.deliveries.queue_for(job)
 
     def _save_step(
         self, job: Job, started_with: Backend | None, ctx: JobContext | None = None

@@ -62,7 +62,7 @@ class LinkSigner:
         :raises LinkExpiredError: genuine, but past its expiry.
         """
         parts = token.split(".")
-        if len(parts) != 3:
+        if not token.isascii() or len(parts) != 3:
             raise BadSignatureError("The download link is malformed.")
         kid, payload, signature = parts
         secret = self._keys.get(kid)

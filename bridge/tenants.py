@@ -19,6 +19,7 @@ class Tenant:
     name: str
     backends: dict[str, BackendConfig] = field(default_factory=dict)
     default_backend: dict[str, str] = field(default_factory=dict)
+    callback_secret: str | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
     """Installation data for tenants that came through an Atlassian install."""
 
@@ -38,8 +39,11 @@ class TenantDirectory:
 
         :raises ConfigurationError: naming the tenant, backend and field at fault.
         """
-        tenants, keys = [], {}
+        tenants: list[Tenant] = []
+        keys: dict[str, str] = {}
         for index, config in enumerate(configs):
+            if any(t.id == config.id for t in tenants):
+                raise ConfigurationError(f"tenants[{index}]: tenant id {config.id!r} is used twice")
             validated: dict[str, BackendConfig] = {}
             for name, raw in config.backends.items():
                 if name not in backends:
@@ -60,8 +64,15 @@ class TenantDirectory:
                         f"tenants[{index}] ({config.id}): default_backend.{fmt} = {name!r} "
                         "is not configured for this tenant"
                     )
+            secret = config.callback_secret.get_secret_value() if config.callback_secret else None
             tenants.append(
-                Tenant(config.id, config.name or config.id, validated, dict(config.default_backend))
+                Tenant(
+                    config.id,
+                    config.name or config.id,
+                    validated,
+                    dict(config.default_backend),
+                    secret,
+                )
             )
             for key_hash in config.api_keys:
                 if key_hash in keys:

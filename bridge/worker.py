@@ -10,12 +10,14 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from bridge.service import ExportService
 
 log = logging.getLogger(__name__)
+_DELIVERIES = "<deliveries>"
 
 
 class Worker:
@@ -43,6 +45,7 @@ class Worker:
     def start(self) -> Worker:
         """Start the scheduler and the pool (idempotent)."""
         if self._scheduler is None:
+            self._stop.clear()
             self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="bridge-worker")
             self._scheduler = threading.Thread(
                 target=self._run, name="bridge-scheduler", daemon=True
@@ -70,6 +73,8 @@ class Worker:
         for job_id in self.service.store.due_jobs(self.service.clock(), 100):
             if self.service.advance(job_id) is not None:
                 taken += 1
+        if self.service.deliveries is not None:
+            taken += self.service.deliveries.run_due()
         return taken
 
     def _run(self) -> None:
@@ -86,18 +91,29 @@ class Worker:
             self._wake.wait(self.idle_wait)
 
     def _dispatch(self) -> None:
-        assert self._pool is not None
+        deliveries = self.service.deliveries
+        if deliveries is not None and self._reserve(_DELIVERIES):
+            self._submit(_DELIVERIES, deliveries.run_due)
         with self._lock:
-            free = self.threads - len(self._inflight)
+            free = self.threads + 1 - len(self._inflight)
         if free <= 0:
             return
         for job_id in self.service.store.due_jobs(self.service.clock(), free * 2):
-            with self._lock:
-                if job_id in self._inflight or len(self._inflight) >= self.threads:
-                    continue
-                self._inflight.add(job_id)
-            future = self._pool.submit(self.service.advance, job_id)
-            future.add_done_callback(functools.partial(self._done, job_id))
+            if self._reserve(job_id):
+                self._submit(job_id, functools.partial(self.service.advance, job_id))
+
+    def _reserve(self, key: str) -> bool:
+        with self._lock:
+            if key in self._inflight or len(self._inflight) > self.threads:
+                return False
+            self._inflight.add(key)
+            return True
+
+    def _submit(self, key: str, task: Callable[[], object]) -> None:
+        # Outside the lock: a task that is already done runs its callback right here.
+        assert self._pool is not None
+        future = self._pool.submit(task)
+        future.add_done_callback(functools.partial(self._done, key))
 
     def _done(self, job_id: str, future: Future[Any]) -> None:
         with self._lock:

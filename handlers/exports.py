@@ -10,7 +10,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from bridge.errors import FieldError, ValidationError
 from bridge.models import Job, JobState
 from handlers.auth import bridge, current_caller
-from handlers.views import job_view
+from bridge.views import job_view
 
 bp = Blueprint("exports", __name__, url_prefix="/v1/exports")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,7 @@ def start_bridge(tmp_path: Path, suite: SandboxSuite) -> Iterator[Callable[..., 
     def start(**overrides: Any) -> RunningBridge:
         server_port = overrides.pop("port", 0)
         start_worker = overrides.pop("start_worker", True)
+        clock = overrides.pop("clock", time.time)
         settings: dict[str, Any] = {
             "database_url": f"sqlite:///{tmp_path / 'bridge.sqlite3'}",
             "artifacts_url": f"file:{tmp_path / 'artifacts'}",
@@ -84,7 +86,7 @@ def start_bridge(tmp_path: Path, suite: SandboxSuite) -> Iterator[Callable[..., 
         settings.update(overrides)
         server = ServerThread(port=server_port)
         settings.setdefault("public_url", server.url)
-        bridge = build_bridge(load_settings(**settings), start_worker=False)
+        bridge = build_bridge(load_settings(**settings), start_worker=False, clock=clock)
         server.app = create_app(bridge=bridge)
         if start_worker:
             from bridge.worker import Worker

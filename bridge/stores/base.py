@@ -71,6 +71,27 @@ class Store(Protocol):
     def delete_value(self, key: str) -> None:
         """Remove a value."""
 
+    # A durable, delayed queue with leases (deliveries of finished jobs use it).
+
+    def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> bool:
+        """Add an item unless one with this id is already queued; ``True`` if added."""
+
+    def due_items(self, queue: str, now: float, limit: int) -> list[str]:
+        """Ids of unleased items due by *now*, oldest first."""
+
+    def claim_item(
+        self, queue: str, item_id: str, owner: str, now: float, lease: float
+    ) -> str | None:
+        """Lease a due item; return its payload, or ``None`` if it is not due or leased."""
+
+    def reschedule_item(
+        self, queue: str, item_id: str, owner: str, payload: str, due_at: float
+    ) -> None:
+        """Store a new payload and due time and release the lease (only the owner may)."""
+
+    def delete_item(self, queue: str, item_id: str) -> None:
+        """Remove an item (done, or given up)."""
+
     def ping(self) -> None:
         """Raise if the store is unusable (for ``/readyz``)."""
 

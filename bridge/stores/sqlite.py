@@ -35,6 +35,16 @@ CREATE TABLE IF NOT EXISTS idempotency (
     job_id TEXT NOT NULL,
     PRIMARY KEY (tenant_id, key)
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    queue TEXT NOT NULL,
+    id TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    due_at REAL NOT NULL,
+    lease_owner TEXT,
+    lease_until REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (queue, id)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (queue, due_at);
 CREATE TABLE IF NOT EXISTS kv (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -235,6 +245,58 @@ class SQLiteStore:
     def delete_value(self, key: str) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM kv WHERE key=?", (key,))
+
+    # --- outbox ---------------------------------------------------------------------
+
+    def enqueue(self, queue: str, item_id: str, payload: str, due_at: float) -> bool:
+        with self._tx() as db:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO outbox (queue, id, payload, due_at) VALUES (?,?,?,?)",
+                (queue, item_id, payload, due_at),
+            )
+        return cursor.rowcount == 1
+
+    def due_items(self, queue: str, now: float, limit: int) -> list[str]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT id FROM outbox WHERE queue=? AND due_at <= ? AND lease_until <= ?"
+                " ORDER BY due_at LIMIT ?",
+                (queue, now, now, limit),
+            )
+            .fetchall()
+        )
+        return [row[0] for row in rows]
+
+    def claim_item(
+        self, queue: str, item_id: str, owner: str, now: float, lease: float
+    ) -> str | None:
+        with self._tx() as db:
+            cursor = db.execute(
+                "UPDATE outbox SET lease_owner=?, lease_until=? WHERE queue=? AND id=?"
+                " AND due_at <= ? AND lease_until <= ?",
+                (owner, now + lease, queue, item_id, now, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                "SELECT payload FROM outbox WHERE queue=? AND id=?", (queue, item_id)
+            ).fetchone()
+        return str(row[0])
+
+    def reschedule_item(
+        self, queue: str, item_id: str, owner: str, payload: str, due_at: float
+    ) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET payload=?, due_at=?, lease_owner=NULL, lease_until=0"
+                " WHERE queue=? AND id=? AND lease_owner=?",
+                (payload, due_at, queue, item_id, owner),
+            )
+
+    def delete_item(self, queue: str, item_id: str) -> None:
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE queue=? AND id=?", (queue, item_id))
 
     def ping(self) -> None:
         self._conn().execute("SELECT 1").fetchone()

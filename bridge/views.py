@@ -1,4 +1,4 @@
-"""The public JSON shape of a job."""
+"""The public JSON shape of a job (the API and callbacks both send it)."""
 
 from __future__ import annotations
 
