@@ -147,6 +147,7 @@ def build_bridge(
         backends,
         tenants,
         clock,
+        secret_box,
     )
     service.deliveries = Deliveries(
         settings,

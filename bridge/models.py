@@ -204,6 +204,8 @@ class Job:
     next_poll_at: float = 0.0
     attempts: int = 0
     expires_at: float | None = None
+    secrets: dict[str, str] = field(default_factory=dict, repr=False)
+    """Per-job credentials from the caller (e.g. a Forge user token), sealed at rest."""
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:

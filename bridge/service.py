@@ -25,6 +25,7 @@ from urllib.parse import quote
 from bridge.artifacts import ArtifactStore, PresignedDownloads
 from bridge.backends.base import Backend, Cancelled, JobContext, Ready, Running, Step
 from bridge.config import Settings
+from bridge.crypto import SecretBox
 from bridge.delivery import Deliveries, check_callback_url
 from bridge.errors import (
     BridgeError,
@@ -78,6 +79,7 @@ class ExportService:
         backends: dict[str, Backend],
         tenants: TenantDirectory,
         clock: Callable[[], float] = time.time,
+        secret_box: SecretBox | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -86,6 +88,7 @@ class ExportService:
         self.backends = backends
         self.tenants = tenants
         self.clock = clock
+        self.secret_box = secret_box
         self.on_due: list[Callable[[str], None]] = []
         """Called with a job id when it has work to do now (the worker listens)."""
         self.on_finished: list[Callable[[Job], None]] = []
@@ -130,6 +133,7 @@ class ExportService:
             updated_at=now,
             as_user=as_user,
             next_poll_at=now,
+            secrets=self._seal_caller_secrets(caller, as_user),
         )
         fingerprint = _fingerprint({"request": job.request, "asUser": as_user})
         earlier = self.store.insert_job(job, idempotency_key, fingerprint)
@@ -174,6 +178,26 @@ class ExportService:
         raise UnsupportedRequestError(
             f"No configured backend can export this request: {'; '.join(reasons)}."
         )
+
+    def _seal_caller_secrets(self, caller: Caller, as_user: str | None) -> dict[str, str]:
+        """Keep the caller's own product token for the job, sealed, when it acts for
+        that same user (a Forge invocation's ``x-forge-oauth-user``)."""
+        if caller.product_token is None or as_user != caller.user or self.secret_box is None:
+            return {}
+        sealed = {"user_token": self.secret_box.seal(caller.product_token)}
+        if caller.product_base_url:
+            sealed["product_base_url"] = self.secret_box.seal(caller.product_base_url)
+        return sealed
+
+    def context(self, job: Job, config: Any) -> JobContext:
+        """The backend's view of *job*, with its sealed secrets opened."""
+        secrets: dict[str, str] = {}
+        if job.secrets and self.secret_box is not None:
+            try:
+                secrets = {k: self.secret_box.open(v) for k, v in job.secrets.items()}
+            except ValueError:
+                log.warning("cannot open a job's secrets", extra={"job": job.id})
+        return JobContext(job.id, job.tenant_id, config, job.as_user, secrets)
 
     def _as_user(self, caller: Caller, request: ExportRequest) -> str | None:
         if request.as_user is None or request.as_user == caller.user:
@@ -301,7 +325,7 @@ class ExportService:
                 JobError("not_configured", f"The tenant no longer has {job.backend} configured."),
             )
             return self._save_step(job, None)
-        ctx = JobContext(job.id, job.tenant_id, config, job.as_user)
+        ctx = self.context(job, config)
         started = job.state is JobState.QUEUED
         try:
             if job.state is JobState.QUEUED:
@@ -425,7 +449,7 @@ class ExportService:
         config = tenant.backends.get(job.backend) if tenant else None
         if backend is None or (ctx is None and config is None):
             return
-        ctx = ctx or JobContext(job.id, job.tenant_id, config, job.as_user)
+        ctx = ctx or self.context(job, config)
         try:
             backend.cancel(ctx, job.handle)
         except BridgeError as exc:

@@ -51,6 +51,48 @@ def _job(description: str) -> dict[str, Any]:
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
+def _vendor(summary: str, operation_id: str, *params: str) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["vendor-shaped proxy"],
+        "parameters": [
+            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
+            for p in params
+        ],
+        "responses": {
+            "200": {"description": "The vendor's own answer shape."},
+            "204": {"description": "Cancelled."},
+            "4XX": {"description": "The vendor's error object `{status, message}`."},
+        },
+    }
+
+
+def _vendor_paths() -> dict[str, Any]:
+    """Scroll's and Content Exporter's own routes, answered in their shapes."""
+    scroll = "/proxy/scroll/{product}/api/public/1"
+    cex = "/proxy/content-exporter/api/remoteExport"
+    return {
+        f"{scroll}/exports": {
+            "post": _vendor("Scroll: start an export.", "scrollStart", "product")
+        },
+        f"{scroll}/exports/{{job_id}}/status": {
+            "get": _vendor("Scroll: job status.", "scrollStatus", "product", "job_id")
+        },
+        f"{scroll}/exports/{{job_id}}": {
+            "delete": _vendor("Scroll: cancel.", "scrollCancel", "product", "job_id")
+        },
+        f"{scroll}/export-sync": {
+            "get": _vendor("Scroll: export and return the file.", "scrollExportSync", "product")
+        },
+        f"{cex}/{{page_id}}/init": {
+            "post": _vendor("Content Exporter: start an export.", "cexInit", "page_id")
+        },
+        f"{cex}/poll": {"get": _vendor("Content Exporter: progress.", "cexPoll")},
+        f"{cex}/download": {"get": _vendor("Content Exporter: the file.", "cexDownload")},
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     request_schema = ExportRequest.model_json_schema(
@@ -239,6 +281,7 @@ def build_spec() -> dict[str, Any]:
                     },
                 },
             },
+            **_vendor_paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",
