@@ -333,11 +333,13 @@ class ExportService:
                 self._apply(job, backend.start(ctx, request))
                 if job.state is JobState.QUEUED:
                     job.state = JobState.RUNNING
+                job.attempts = 0
             elif not job.ready:
                 self._apply(job, backend.poll(ctx, job.handle))
-            job.attempts = 0
+                job.attempts = 0
             if job.ready and fetch and not job.state.final:
                 self._fetch(job, backend, ctx, owner)
+                job.attempts = 0
         except UpstreamError as exc:
             self._upstream_failed(job, exc)
         except BridgeError as exc:
