@@ -19,6 +19,7 @@ from bridge.crypto import SecretBox, load_or_create_key_file
 from bridge.delivery import Deliveries
 from bridge.errors import ConfigurationError
 from bridge.http import UpstreamClient
+from bridge.installations import Installations
 from bridge.service import ExportService
 from bridge.signing import LinkSigner
 from bridge.stores import Store, open_store
@@ -139,6 +140,8 @@ def build_bridge(
     )
     backends = build_backends(services)
     tenants = TenantDirectory.from_config(settings.tenants, backends)
+    installations = Installations(store, secret_box, settings, backends, clock)
+    tenants.set_fallback(installations.tenant)
     service = ExportService(
         settings,
         store,
@@ -157,7 +160,13 @@ def build_bridge(
         secret_for=lambda tenant_id: getattr(tenants.find(tenant_id), "callback_secret", None),
     )
     bridge = Bridge(
-        settings, store, artifacts, backends, tenants, service, extras={"secret_box": secret_box}
+        settings,
+        store,
+        artifacts,
+        backends,
+        tenants,
+        service,
+        extras={"secret_box": secret_box, "installations": installations},
     )
     if settings.background == "rq":
         from bridge.rq_worker import attach  # RQ workers take the steps; no threads here

@@ -45,6 +45,24 @@ def serve(config_file: str | None, bind: str, workers: int, threads: int) -> Non
 
 @main.command()
 @click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML config file (default: $BRIDGE_CONFIG).",
+)
+@click.option("--burst", is_flag=True, help="Take the steps due now, then exit.")
+def worker(config_file: str | None, burst: bool) -> None:
+    """Run an RQ worker for background steps (background = "rq", a Redis database_url)."""
+    from bridge.rq_worker import run_worker
+
+    try:
+        run_worker(load_settings(config_file), burst=burst)
+    except ConfigurationError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.command()
+@click.option(
     "--show-config/--no-show-config",
     default=True,
     help="Print the tenant backends table that points at the sandbox.",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import secrets
 import tomllib
 from pathlib import Path
@@ -28,6 +29,7 @@ from pydantic_settings import (
 from bridge.errors import ConfigurationError
 
 API_KEY_PREFIX = "sha256:"
+FORGE_INSTALLATION_ARI = re.compile(r"ari:cloud:ecosystem::installation/[A-Za-z0-9-]{1,64}")
 
 
 def hash_api_key(key: str) -> str:
@@ -78,6 +80,9 @@ class TenantConfig(_Strict):
     """Signs this tenant's callbacks (Standard Webhooks: ``whsec_`` + base64 of 24-64 bytes)."""
     default_backend: dict[str, str] = Field(default_factory=dict)
     """Per format, the backend ``auto`` picks first (e.g. ``{pdf = "scroll-macro"}``)."""
+    forge_installations: list[str] = Field(default_factory=list)
+    """Forge installations whose invocations (FITs) act for this tenant
+    (``ari:cloud:ecosystem::installation/<uuid>``)."""
 
     @field_validator("callback_secret")
     @classmethod
@@ -94,6 +99,16 @@ class TenantConfig(_Strict):
                     "(`export-bridge keygen` prints one)"
                 )
         return secret
+
+    @field_validator("forge_installations")
+    @classmethod
+    def _installation_aris(cls, aris: list[str]) -> list[str]:
+        for ari in aris:
+            if not FORGE_INSTALLATION_ARI.fullmatch(ari):
+                raise ValueError(
+                    "use the installation ARI, 'ari:cloud:ecosystem::installation/<uuid>'"
+                )
+        return aris
 
     @field_validator("api_keys")
     @classmethod
@@ -161,6 +176,29 @@ class Settings(BaseSettings):
     callback_timeout: float = Field(default=15.0, gt=0)
     allow_loopback_upstreams: bool = True
     """Let upstream-supplied URLs point at loopback (the sandbox). Turn off in production."""
+    connect_app_key: str = Field(
+        default="confluence-export-bridge", pattern=r"^[A-Za-z0-9._-]{1,64}$"
+    )
+    """The Connect app key in the descriptor (``/atlassian-connect.json``)."""
+    connect_app_name: str = Field(default="Confluence Export Bridge", min_length=1, max_length=80)
+    connect_keys_url: str = "https://connect-install-keys.atlassian.com"
+    """Where the public keys of signed install/uninstall hooks are fetched (``{url}/{kid}``)."""
+    connect_allowed_base_urls: list[str] = Field(
+        default_factory=lambda: ["*.atlassian.net", "*.jira.com"]
+    )
+    """Hosts an installing site's ``baseUrl`` may have (``*.`` matches subdomains); loopback
+    is allowed too while ``allow_loopback_upstreams`` is on."""
+    connect_backends: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Backend tables for tenants created by a Connect install. ``scroll-macro`` is always
+    built from the install (site, client key, OAuth client, secret); a ``scroll-macro`` table
+    here adds settings to it (``templates``, ``auth_server``, ...)."""
+    forge_jwks_url: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+    """The keys Forge Invocation Tokens are signed with (staging tokens use Atlassian's
+    staging JWKS while this is left at its default)."""
+    forge_app_ids: list[str] = Field(default_factory=list)
+    """Forge apps whose invocations are accepted: app ids or ``ari:cloud:ecosystem::app/<id>``."""
+    jwt_leeway: int = Field(default=30, ge=0, le=120)
+    """Seconds of clock skew allowed on Atlassian JWTs' ``exp``/``iat``/``nbf``."""
 
     @classmethod
     def settings_customise_sources(

@@ -32,6 +32,36 @@ DEMO_EXPORTS: list[tuple[str, dict[str, Any]]] = [
             "options": {"mode": "sync"},
         },
     ),
+    (
+        "Scroll HTML (macro, Confluence Cloud, as user 557058:alice)",
+        {
+            "backend": "scroll-macro",
+            "source": {"pageId": "1001"},
+            "format": "html",
+            "asUser": "557058:alice",
+        },
+    ),
+    (
+        "Content Exporter PDF (Remote API, US region)",
+        {
+            "backend": "content-exporter",
+            "source": {"pageId": "1001", "scope": "descendants"},
+            "format": "pdf",
+            "options": {
+                "tocTitle": "Contents",
+                "pageSettings": {"size": "A4", "orientation": "LANDSCAPE"},
+            },
+        },
+    ),
+    (
+        "Forge Markdown (a page tree as one ZIP)",
+        {
+            "backend": "forge-markdown",
+            "source": {"pageId": "1001", "scope": "descendants"},
+            "format": "markdown",
+            "options": {"includeAttachments": True},
+        },
+    ),
 ]
 
 

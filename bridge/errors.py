@@ -4,6 +4,7 @@
 
     BridgeError                      base; carries an HTTP status and a problem ``type``
     ├── ValidationError              a request field is wrong (400, lists the fields)
+    │   └── UnprocessableError       well-formed, but not doable as asked (422, lists them)
     ├── AuthenticationError          no or bad caller credential (401)
     ├── PermissionDeniedError        authenticated, but not allowed (403)
     ├── NotFoundError                no such job/resource for this caller (404)
@@ -61,6 +62,15 @@ class ValidationError(BridgeError):
     def __init__(self, message: str, errors: list[FieldError] | None = None) -> None:
         super().__init__(message)
         self.errors = errors or []
+
+
+class UnprocessableError(ValidationError):
+    """Raised when a well-formed request cannot be done as asked: a backend option it
+    refuses, a callback it may not call, a template it needs (422, fields named)."""
+
+    status_code = 422
+    code = "unprocessable_request"
+    title = "Request cannot be processed"
 
 
 class AuthenticationError(BridgeError):

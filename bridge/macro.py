@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 from lxml import etree
 
+from bridge.errors import UpstreamRejectedError, UpstreamResponseError
+from bridge.scroll import ScrollStatus
 from bridge.xml import UnsafeOrMalformedMarkup, parse_html, parse_xml_fragment
 
 __all__ = [
@@ -71,6 +73,8 @@ _DECLARED_ROOT: Final = f'<ac:structured-macro xmlns:ac="{AC_NS}"'
 _JSON_XML_ESCAPES: Final = {ord("<"): "\\u003c", ord(">"): "\\u003e", ord("&"): "\\u0026"}
 _NOT_XML_CHAR: Final = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _MAX_JOB_ID_LENGTH: Final = 256
+MACRO_BACKEND: Final = "scroll-macro"
+"""The backend name the codec's errors carry (they surface through that backend)."""
 _SNIPPET_LENGTH: Final = 160
 _SECRETS: Final = re.compile(
     r"(?i)((?:jwt|token|access_token|signature|sig)=|bearer\s+)[^\s&\"'<>]+"
@@ -82,21 +86,31 @@ def _has_class(name: str) -> str:
     return f"contains(concat(' ', normalize-space(@class), ' '), ' {name} ')"
 
 
+# A result ``code`` holds text only; one wrapping another code is markup, not the result.
 _RESULT_CODES: Final = etree.XPath(
-    f"//div[{_has_class('result')}]//code[{_has_class('success')} or {_has_class('error')}]"
+    f"//div[{_has_class('result')}]"
+    f"//code[({_has_class('success')} or {_has_class('error')}) and not(.//code)]"
 )
 
 
-class MacroError(Exception):
-    """Raised when the macro rendered an error object (``<code class="error">``)."""
+class MacroError(UpstreamRejectedError):
+    """Raised when the macro rendered an error object (``<code class="error">``).
+
+    ``status`` is the HTTP-like status inside Scroll's error object (also ``upstream_status``);
+    ``message`` is Scroll's own text.
+    """
 
     def __init__(self, status: int | None, message: str) -> None:
-        super().__init__(f"Scroll macro error (status {status}): {message}")
+        super().__init__(
+            f"Scroll macro error (status {status}): {message}",
+            backend=MACRO_BACKEND,
+            upstream_status=status,
+        )
         self.status = status
         self.message = message
 
 
-class MacroResponseError(Exception):
+class MacroResponseError(UpstreamResponseError):
     """Raised when render output holds no single, well-formed macro result.
 
     ``reason`` is a short machine word (``"no_result"``, ``"ambiguous_result"``,
@@ -106,7 +120,9 @@ class MacroResponseError(Exception):
     """
 
     def __init__(self, reason: str, snippet: str) -> None:
-        super().__init__(f"unexpected Scroll macro output ({reason}): {snippet!r}")
+        super().__init__(
+            f"unexpected Scroll macro output ({reason}): {snippet!r}", backend=MACRO_BACKEND
+        )
         self.reason = reason
         self.snippet = snippet
 
@@ -127,37 +143,6 @@ class MacroCall:
     def fmt(self) -> str | None:
         """Return the export format this macro produces, or None for an unknown macro."""
         return next((fmt for fmt, name in MACRO_NAMES.items() if name == self.name), None)
-
-
-@dataclass(frozen=True)
-class ScrollStatus:
-    """The job status reported by a status render (REST "Get Export Status" shape)."""
-
-    status: ScrollJobState
-    step: int
-    total_steps: int
-    step_progress: int
-    download_url: str | None
-
-    @property
-    def is_finished(self) -> bool:
-        """Return True once the job will not change any more."""
-        return self.status != "incomplete"
-
-    @property
-    def progress_percent(self) -> int:
-        """Return overall progress 0-100; below 100 unless the job is complete.
-
-        ``step`` is taken as 1-based (the seed's finished job reports ``step == totalSteps``)
-        and ``stepProgress`` as percent of the current step (UNCONFIRMED).
-        """
-        if self.status == "complete":
-            return 100
-        if self.total_steps <= 0:
-            return 0
-        done = min(max(self.step - 1, 0), self.total_steps)
-        within = min(max(self.step_progress, 0), 100) / 100
-        return min(int((done + within) * 100 / self.total_steps), 99)
 
 
 def build_start_macro(
@@ -272,7 +257,7 @@ def parse_status_result(html: str) -> ScrollStatus:
     if not isinstance(status, str) or status not in _STATES:
         raise MacroResponseError("unknown_status", _snippet(repr(status)))
     return ScrollStatus(
-        status=cast(ScrollJobState, status),
+        status=status,
         step=_count(payload, "step"),
         total_steps=_count(payload, "totalSteps"),
         step_progress=_count(payload, "stepProgress"),

@@ -13,7 +13,9 @@ from pydantic import (
     ConfigDict,
     Field,
     HttpUrl,
+    StrictBool,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic import ValidationError as PydanticValidationError
@@ -30,13 +32,24 @@ def _id_to_str(value: object) -> object:
     """Accept numeric ids (Confluence sends both forms) and keep them as strings."""
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
+    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return str(int(value))  # JSON's 2.0 is the integer 2
     return value
 
 
 ContentId = Annotated[
     str,
-    BeforeValidator(_id_to_str),
     StringConstraints(pattern=r"^[0-9]{1,20}$"),
+    BeforeValidator(_id_to_str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": "^[0-9]{1,20}$"},
+                {"type": "integer", "minimum": 0, "maximum": 99999999999999999999},
+            ],
+            "description": "A Confluence content id, as a string or a number.",
+        }
+    ),
 ]
 TemplateId = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 SpaceKey = Annotated[str, StringConstraints(pattern=r"^[~A-Za-z0-9_.-]{1,255}$")]
@@ -62,7 +75,17 @@ class SpaceSource(_Model):
 class Callback(_Model):
     """Where to POST the finished job (signed, retried)."""
 
-    url: HttpUrl
+    url: Annotated[
+        HttpUrl,
+        WithJsonSchema(
+            {
+                "type": "string",
+                "format": "uri",
+                "maxLength": 2083,
+                "pattern": "^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?([/?#][!-~]*)?$",
+            }
+        ),
+    ]
 
 
 class ExportRequest(_Model):
@@ -79,7 +102,7 @@ class ExportRequest(_Model):
         default=None, alias="asUser"
     )
     callback: Callback | None = None
-    attach_to_page: bool = Field(default=False, alias="attachToPage")
+    attach_to_page: StrictBool = Field(default=False, alias="attachToPage")
     """Also attach the file to the exported page (as the job's user, else as the app)."""
 
     @field_validator("source", mode="before")

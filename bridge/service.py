@@ -34,6 +34,7 @@ from bridge.errors import (
     IdempotencyKeyReusedError,
     NotFoundError,
     PermissionDeniedError,
+    UnprocessableError,
     UnsupportedRequestError,
     UpstreamError,
     UpstreamUnavailableError,
@@ -108,21 +109,16 @@ class ExportService:
         """
         request = parse_model(ExportRequest, body)
         tenant = self.tenants.get(caller.tenant_id)
-        name = self.choose_backend(tenant, request)
-        self.backends[name].validate(tenant.backends[name], request)
         as_user = self._as_user(caller, request)
-        if request.callback is not None:
-            if not tenant.callback_secret:
-                raise ValidationError(
-                    "This tenant cannot receive callbacks.",
-                    [FieldError("callback", "No callback_secret is configured for this tenant.")],
-                )
-            check_callback_url(str(request.callback.url), self.settings.allow_private_callbacks)
-        if request.attach_to_page and request.page_id is None:
-            raise ValidationError(
-                "Only a page export can be attached to its page.",
-                [FieldError("attachToPage", "Export a page (source.pageId) to attach it.")],
-            )
+        if as_user != request.as_user:
+            # asUser defaults to the authenticated user; backends must see whom the job runs as.
+            request = request.model_copy(update={"as_user": as_user})
+        name = self.choose_backend(tenant, request)
+        try:
+            self._check_semantics(tenant, name, request)
+        except ValidationError as exc:
+            # Well-formed but not doable for this tenant/backend: 422, fields still named.
+            raise UnprocessableError(exc.message, exc.errors) from None
         now = self.clock()
         job = Job(
             id=uuid.uuid4().hex,
@@ -149,6 +145,22 @@ class ExportService:
         log.info("job created", extra={"job": job.id, "tenant": tenant.id, "backend": name})
         self._announce(job.id)
         return job, True
+
+    def _check_semantics(self, tenant: Tenant, backend: str, request: ExportRequest) -> None:
+        """What the schema cannot say: backend options and requirements, callbacks, attach."""
+        self.backends[backend].validate(tenant.backends[backend], request)
+        if request.callback is not None:
+            if not tenant.callback_secret:
+                raise ValidationError(
+                    "This tenant cannot receive callbacks.",
+                    [FieldError("callback", "No callback_secret is configured for this tenant.")],
+                )
+            check_callback_url(str(request.callback.url), self.settings.allow_private_callbacks)
+        if request.attach_to_page and request.page_id is None:
+            raise ValidationError(
+                "Only a page export can be attached to its page.",
+                [FieldError("attachToPage", "Export a page (source.pageId) to attach it.")],
+            )
 
     def choose_backend(self, tenant: Tenant, request: ExportRequest) -> str:
         """The backend that serves *request* for *tenant*.
@@ -288,8 +300,14 @@ class ExportService:
         return job, job.artifact
 
     def _owned(self, caller: Caller, job_id: str) -> Job:
+        """The job if this caller may see it: same tenant, and for a user (not an admin
+        credential) only the jobs that run as that user."""
         job = self.store.get_job(job_id)
-        if job is None or job.tenant_id != caller.tenant_id:
+        if (
+            job is None
+            or job.tenant_id != caller.tenant_id
+            or (not caller.admin and job.as_user != caller.user)
+        ):
             raise NotFoundError(f"No export job {job_id!r}.")
         return job
 

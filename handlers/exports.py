@@ -9,8 +9,8 @@ from flask import Blueprint, Response, jsonify, request, url_for
 
 from bridge.errors import FieldError, ValidationError
 from bridge.models import Job, JobState
-from handlers.auth import bridge, current_caller
 from bridge.views import job_view
+from handlers.auth import bridge, current_caller
 
 bp = Blueprint("exports", __name__, url_prefix="/v1/exports")
 

@@ -51,45 +51,206 @@ def _job(description: str) -> dict[str, Any]:
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 
 
-def _vendor(summary: str, operation_id: str, *params: str) -> dict[str, Any]:
-    return {
+_VENDOR_ERROR = {
+    "description": "The vendor's error object.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["status", "message"],
+                "properties": {"status": {"type": "integer"}, "message": {"type": "string"}},
+            }
+        }
+    },
+}
+_PRODUCT = {
+    "name": "product",
+    "in": "path",
+    "required": True,
+    "schema": {"enum": ["scroll-office", "scroll-word", "scroll-pdf", "scroll-html"]},
+}
+_SCROLL_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"basic": []}]
+_CEX_SECURITY: list[dict[str, list[str]]] = [{"cexApiKey": []}]
+
+
+def _param(name: str, where: str = "path", required: bool = True, **schema: Any) -> dict[str, Any]:
+    if "enum" not in schema:
+        schema = {"type": "string", **schema}
+    return {"name": name, "in": where, "required": required, "schema": schema}
+
+
+def _vendor(
+    summary: str,
+    operation_id: str,
+    security: list[dict[str, list[str]]],
+    parameters: list[dict[str, Any]],
+    ok: dict[str, Any],
+    errors: tuple[str, ...],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
         "operationId": operation_id,
         "summary": summary,
         "tags": ["vendor-shaped proxy"],
-        "parameters": [
-            {"name": p, "in": "path", "required": True, "schema": {"type": "string"}}
-            for p in params
-        ],
-        "responses": {
-            "200": {"description": "The vendor's own answer shape."},
-            "204": {"description": "Cancelled."},
-            "4XX": {"description": "The vendor's error object `{status, message}`."},
-        },
+        "security": security,
+        "parameters": parameters,
+        "responses": {**ok, **{code: _VENDOR_ERROR for code in errors}},
     }
+    if body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+    return operation
+
+
+def _json(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+_SCROLL_STATUS = {
+    "type": "object",
+    "properties": {
+        "status": {"enum": ["incomplete", "complete", "error", "cancelled"]},
+        "step": {"type": "integer"},
+        "totalSteps": {"type": "integer"},
+        "stepProgress": {"type": "integer"},
+        "downloadUrl": {"type": ["string", "null"]},
+    },
+}
+_SCROLL_START = {
+    "type": "object",
+    "required": ["pageId"],  # templateId may be left to the tenant's default template
+    "properties": {
+        "pageId": {
+            "anyOf": [
+                {"type": "string", "pattern": "^[0-9]{1,20}$"},
+                {"type": "integer", "minimum": 0, "maximum": 99999999999999999999},
+            ]
+        },
+        "templateId": {
+            "anyOf": [{"type": "string", "minLength": 1, "maxLength": 512}, {"type": "null"}]
+        },
+        "scope": {"enum": ["current", "descendants", None]},
+        # Like Scroll, the bridge ignores placeholder or unusable values of these.
+        **{
+            name: {"description": "Passed on when a usable string; otherwise ignored."}
+            for name in ("locale", "versionId", "variantId", "languageKey", "timeZone")
+        },
+    },
+}
 
 
 def _vendor_paths() -> dict[str, Any]:
     """Scroll's and Content Exporter's own routes, answered in their shapes."""
     scroll = "/proxy/scroll/{product}/api/public/1"
     cex = "/proxy/content-exporter/api/remoteExport"
+    job = _param("job_id")
+    file = {"description": "The exported file."}
+    export_hash = _param("hash", "query")
     return {
         f"{scroll}/exports": {
-            "post": _vendor("Scroll: start an export.", "scrollStart", "product")
+            "post": _vendor(
+                "Scroll: start an export.",
+                "scrollStart",
+                _SCROLL_SECURITY,
+                [_PRODUCT],
+                {
+                    "200": _json(
+                        "Started.", {"type": "object", "properties": {"jobId": {"type": "string"}}}
+                    )
+                },
+                ("400", "401", "404", "422"),
+                body=_SCROLL_START,
+            )
         },
         f"{scroll}/exports/{{job_id}}/status": {
-            "get": _vendor("Scroll: job status.", "scrollStatus", "product", "job_id")
+            "get": _vendor(
+                "Scroll: job status.",
+                "scrollStatus",
+                _SCROLL_SECURITY,
+                [_PRODUCT, job],
+                {"200": _json("The status.", _SCROLL_STATUS)},
+                ("401", "404"),
+            )
         },
         f"{scroll}/exports/{{job_id}}": {
-            "delete": _vendor("Scroll: cancel.", "scrollCancel", "product", "job_id")
+            "delete": _vendor(
+                "Scroll: cancel.",
+                "scrollCancel",
+                _SCROLL_SECURITY,
+                [_PRODUCT, job],
+                {"204": {"description": "Cancelled."}},
+                ("401", "404"),
+            )
         },
         f"{scroll}/export-sync": {
-            "get": _vendor("Scroll: export and return the file.", "scrollExportSync", "product")
+            "get": _vendor(
+                "Scroll: export and return the file.",
+                "scrollExportSync",
+                _SCROLL_SECURITY,
+                [
+                    _PRODUCT,
+                    _param("pageId", "query", pattern="^[0-9]{1,20}$"),
+                    _param("templateId", "query", minLength=1, maxLength=512),
+                    _param("scope", "query", False, enum=["current", "descendants"]),
+                ],
+                {"200": file},
+                ("400", "401", "404", "422", "500", "504"),
+            )
         },
         f"{cex}/{{page_id}}/init": {
-            "post": _vendor("Content Exporter: start an export.", "cexInit", "page_id")
+            "post": _vendor(
+                "Content Exporter: start an export.",
+                "cexInit",
+                _CEX_SECURITY,
+                [_param("page_id", pattern="^[0-9]{1,20}$")],
+                {
+                    "200": _json(
+                        "Started.", {"type": "object", "properties": {"hash": {"type": "string"}}}
+                    )
+                },
+                ("400", "401", "404", "422"),
+                body={"type": "object"},
+            )
         },
-        f"{cex}/poll": {"get": _vendor("Content Exporter: progress.", "cexPoll")},
-        f"{cex}/download": {"get": _vendor("Content Exporter: the file.", "cexDownload")},
+        f"{cex}/poll": {
+            "get": _vendor(
+                "Content Exporter: progress.",
+                "cexPoll",
+                _CEX_SECURITY,
+                [export_hash],
+                {
+                    "200": _json(
+                        "Progress.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "done": {"type": "boolean"},
+                                "progressData": {
+                                    "type": "object",
+                                    "properties": {
+                                        "phase": {"type": "string"},
+                                        "progressValue": {"type": "integer"},
+                                    },
+                                },
+                            },
+                        },
+                    )
+                },
+                ("401", "404", "500"),
+            )
+        },
+        f"{cex}/download": {
+            "get": _vendor(
+                "Content Exporter: the file.",
+                "cexDownload",
+                _CEX_SECURITY,
+                [export_hash],
+                {"200": file},
+                ("401", "404", "409"),
+            )
+        },
     }
 
 
@@ -99,7 +260,7 @@ def build_spec() -> dict[str, Any]:
         by_alias=True, ref_template="#/components/schemas/{model}"
     )
     defs = request_schema.pop("$defs", {})
-    bearer: list[dict[str, list[str]]] = [{"bearer": []}]
+    bearer: list[dict[str, list[str]]] = [{"bearer": []}, {"connectJwt": []}]
     return {
         "openapi": "3.1.0",
         "info": {
@@ -110,7 +271,30 @@ def build_spec() -> dict[str, Any]:
         },
         "components": {
             "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "description": "A tenant API key."},
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tenant API key, or a Forge Invocation Token (Forge Remote; "
+                    "the user's product token may come in `x-forge-oauth-user`).",
+                },
+                "basic": {
+                    "type": "http",
+                    "scheme": "basic",
+                    "description": "Scroll-style (proxy routes): the API key as the password.",
+                },
+                "cexApiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "CEX-API-KEY",
+                    "description": "Content Exporter-style (proxy routes): the API key.",
+                },
+                "connectJwt": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "Authorization",
+                    "description": "`JWT <token>` (or the `jwt` query parameter): a Connect JWT "
+                    "signed with the installation's shared secret, `qsh` bound to the request.",
+                },
             },
             "schemas": {
                 **defs,
@@ -197,7 +381,11 @@ def build_spec() -> dict[str, Any]:
                     "summary": "Start an export.",
                     "security": bearer,
                     "parameters": [
-                        {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}},
+                        {
+                            "name": "Idempotency-Key",
+                            "in": "header",
+                            "schema": {"type": "string", "pattern": "^[!-~]{1,255}$"},
+                        },
                         {
                             "name": "Prefer",
                             "in": "header",
@@ -301,6 +489,27 @@ def build_spec() -> dict[str, Any]:
                     "operationId": "metrics",
                     "summary": "Prometheus metrics.",
                     "responses": {"200": {"description": "Exposition text."}},
+                }
+            },
+            "/atlassian-connect.json": {
+                "get": {
+                    "operationId": "connectDescriptor",
+                    "summary": "The Atlassian Connect app descriptor.",
+                    "responses": {"200": {"description": "The descriptor."}},
+                }
+            },
+            "/installed": {
+                "post": {
+                    "operationId": "connectInstalled",
+                    "summary": "Connect lifecycle: a site installed the app (RS256-signed).",
+                    "responses": {"204": {"description": "Stored."}, **_errors("400", "401")},
+                }
+            },
+            "/uninstalled": {
+                "post": {
+                    "operationId": "connectUninstalled",
+                    "summary": "Connect lifecycle: a site uninstalled the app (RS256-signed).",
+                    "responses": {"204": {"description": "Forgotten."}, **_errors("400", "401")},
                 }
             },
             "/openapi.json": {

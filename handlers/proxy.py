@@ -21,7 +21,13 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
-from bridge.errors import AuthenticationError, BridgeError, NotFoundError
+from bridge.errors import (
+    AuthenticationError,
+    BridgeError,
+    FieldError,
+    NotFoundError,
+    ValidationError,
+)
 from bridge.models import Caller, Job, JobState
 from handlers.auth import bridge
 from handlers.downloads import content_disposition
@@ -103,13 +109,20 @@ def _scroll_request(product: str, params: dict[str, Any]) -> dict[str, Any]:
     preferred = tenant.default_backend.get(fmt)
     candidates = ((preferred,) if preferred in SCROLL_BACKENDS else ()) + SCROLL_BACKENDS
     backend = next((b for b in candidates if b in tenant.backends), "scroll-rest")
+    scope = params.get("scope")
     body: dict[str, Any] = {
         "backend": backend,
         "format": fmt,
-        "source": {"pageId": params.get("pageId"), "scope": params.get("scope") or "current"},
+        "source": {"pageId": params.get("pageId"), "scope": "current" if scope is None else scope},
     }
-    if params.get("templateId"):
-        body["template"] = params["templateId"]
+    template = params.get("templateId")
+    if template is not None and not (isinstance(template, str) and template):
+        raise ValidationError(
+            "templateId must be a non-empty string.",
+            [FieldError("templateId", "A Scroll template id.")],
+        )
+    if template:
+        body["template"] = template
     if backend == "scroll-rest":
         # Scroll ignores placeholder values of these; keep what fits, drop the rest.
         body["options"] = {
@@ -174,11 +187,27 @@ def scroll_export_sync(product: str) -> Response:
     if job.state is JobState.COMPLETE:
         return _file_response(job)
     if job.state.final:
-        message = job.error.message if job.error else f"The export was {job.state.value}."
-        return vendor_error(500, message)
+        return vendor_error(_failed_status(job), _failure_message(job))
     response = vendor_error(504, f"The export is still running; poll job {job.id}.")
     response.headers["Retry-After"] = "5"
     return response
+
+
+def _failed_status(job: Job) -> int:
+    """What the vendor would have answered: its own 4xx, or a gateway error for a
+    failure between the bridge and the upstream (500 when the export itself failed)."""
+    error = job.error
+    if error is None or job.state is JobState.CANCELLED:
+        return 409
+    if error.upstream_status is not None and 400 <= error.upstream_status < 500:
+        return error.upstream_status
+    return {"upstream_unavailable": 502, "upstream_timeout": 504, "upstream_bad_response": 502}.get(
+        error.code, 500
+    )
+
+
+def _failure_message(job: Job) -> str:
+    return job.error.message if job.error else f"The export was {job.state.value}."
 
 
 def _file_response(job: Job) -> Response:
@@ -251,8 +280,7 @@ def cex_poll() -> Response:
     """``{"done": …, "progressData": {"phase": …, "progressValue": …}}``."""
     _caller, job = _cex_job()
     if job.state in (JobState.FAILED, JobState.CANCELLED):
-        message = job.error.message if job.error else f"The export was {job.state.value}."
-        return vendor_error(500, message)
+        return vendor_error(_failed_status(job), _failure_message(job))
     done = job.state is JobState.COMPLETE
     return jsonify(
         {

@@ -26,9 +26,14 @@ def test_redacting_filter_hides_secrets_tokens_and_links() -> None:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        logger.warning("token %s and Bearer abcdefghijkl", "s3cr3t-value",
-                       extra={"url": "https://x/dl?jwt=eyJhbGci.x.y&b=1",
-                              "link": "http://b/v1/downloads/k1.eyJq.c2ln/f.pdf"})
+        logger.warning(
+            "token %s and Bearer abcdefghijkl",
+            "s3cr3t-value",
+            extra={
+                "url": "https://x/dl?jwt=eyJhbGci.x.y&b=1",
+                "link": "http://b/v1/downloads/k1.eyJq.c2ln/f.pdf",
+            },
+        )
     finally:
         logger.removeHandler(handler)
     line = json.loads(stream.getvalue())
@@ -47,28 +52,35 @@ def test_no_configured_secret_is_ever_logged(
     bridge = start_bridge(signing_keys=[{"id": "k1", "secret": "link-signing-secret-" + "x" * 20}])
     session = bridge.session()
     # A success, an upstream failure, auth failures, a bad link: every path logs something.
-    ok = session.post(f"{bridge.url}/v1/exports", headers={"Prefer": "wait=15"},
-                      json={"format": "pdf", "source": {"pageId": "1002"}}).json()
+    ok = session.post(
+        f"{bridge.url}/v1/exports",
+        headers={"Prefer": "wait=15"},
+        json={"format": "pdf", "source": {"pageId": "1002"}},
+    ).json()
     assert ok["state"] == "complete"
     suite.scroll_dc.inject(401, times=1, path_contains="/exports")
-    failed = session.post(f"{bridge.url}/v1/exports",
-                          json={"format": "pdf", "source": {"pageId": "1003"}}).json()
+    failed = session.post(
+        f"{bridge.url}/v1/exports", json={"format": "pdf", "source": {"pageId": "1003"}}
+    ).json()
     requests.get(f"{bridge.url}/v1/exports/{ok['id']}", headers={"Authorization": "Bearer nope"})
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
-        states = {session.get(f"{bridge.url}/v1/exports/{j['id']}").json()["state"]
-                  for j in (ok, failed)}
+        states = {
+            session.get(f"{bridge.url}/v1/exports/{j['id']}").json()["state"] for j in (ok, failed)
+        }
         if states <= {"complete", "failed"}:
             break
         time.sleep(0.05)
     link = session.get(f"{bridge.url}/v1/exports/{ok['id']}").json()["download"]["url"]
     requests.get(link)
 
-    secrets = configured_secrets(bridge.bridge.settings) + [ACME_KEY, GLOBEX_KEY]
+    secrets = [*configured_secrets(bridge.bridge.settings), ACME_KEY, GLOBEX_KEY]
     assert "sandbox-pat" in secrets
     token = link.rsplit("/", 2)[1]
-    logged = "\n".join(record.getMessage() + " " + json.dumps(
-        {k: str(v) for k, v in vars(record).items()}) for record in caplog.records)
+    logged = "\n".join(
+        record.getMessage() + " " + json.dumps({k: str(v) for k, v in vars(record).items()})
+        for record in caplog.records
+    )
     assert logged  # something was logged
     for secret in [*secrets, token]:
         assert secret not in logged
@@ -76,22 +88,30 @@ def test_no_configured_secret_is_ever_logged(
 
 def test_request_ids_are_echoed_and_sent_upstream(start_bridge: Any, suite: SandboxSuite) -> None:
     bridge = start_bridge(start_worker=False)
-    response = bridge.session().post(f"{bridge.url}/v1/exports",
-                                     json={"format": "pdf", "source": {"pageId": "1002"}},
-                                     headers={"X-Request-Id": "trace-123"})
+    response = bridge.session().post(
+        f"{bridge.url}/v1/exports",
+        json={"format": "pdf", "source": {"pageId": "1002"}},
+        headers={"X-Request-Id": "trace-123"},
+    )
     assert response.headers["X-Request-Id"] == "trace-123"
     generated = bridge.session().get(f"{bridge.url}/healthz").headers["X-Request-Id"]
     assert len(generated) == 32
-    bogus = bridge.session().get(f"{bridge.url}/healthz",
-                                 headers={"X-Request-Id": "x" * 500}).headers["X-Request-Id"]
+    bogus = (
+        bridge.session()
+        .get(f"{bridge.url}/healthz", headers={"X-Request-Id": "x" * 500})
+        .headers["X-Request-Id"]
+    )
     assert bogus != "x" * 500
 
 
 def test_metrics_count_requests_and_upstream_calls(start_bridge: Any) -> None:
     bridge = start_bridge()
     session = bridge.session()
-    job = session.post(f"{bridge.url}/v1/exports", json={
-        "format": "pdf", "source": {"pageId": "1002"}}, headers={"Prefer": "wait=15"}).json()
+    job = session.post(
+        f"{bridge.url}/v1/exports",
+        json={"format": "pdf", "source": {"pageId": "1002"}},
+        headers={"Prefer": "wait=15"},
+    ).json()
     assert job["state"] == "complete"
     text = requests.get(f"{bridge.url}/metrics").text
     assert 'bridge_http_requests_total{method="POST",route="/v1/exports",status="201"}' in text

@@ -13,7 +13,8 @@ the contract is UNCONFIRMED:
 - ``maxPages`` must be 1..100 (``400`` otherwise). A tree larger than ``maxPages`` is silently
   cut to its first ``maxPages`` pages in tree order: batching is the caller's job.
 - Simulated runtime is ``page_cost_seconds`` per page; beyond ``timeout_seconds`` the platform
-  answers ``424 Failed Dependency`` (peers.md §1.2). Nothing sleeps.
+  answers ``424 Failed Dependency`` (peers.md §1.2). Nothing sleeps unless
+  ``sleep_page_cost`` is set (benchmarks).
 - A response body above ``max_response_bytes`` is ``500``. Attachments over 300 KB are left
   out, and so is every attachment once 2 MB have been packed.
 - App errors are ``{"success": false, "error": ...}``; platform errors ``{"code", "message"}``.
@@ -123,6 +124,7 @@ class ForgeMarkdownSandbox:
         max_pages: int = MAX_PAGES_CAP,
         max_response_bytes: int = 5 * 1024 * 1024,
         page_cost_seconds: float = 0.0,
+        sleep_page_cost: bool = False,
     ) -> None:
         self.pages = pages
         self.clock = clock
@@ -135,6 +137,8 @@ class ForgeMarkdownSandbox:
         self.max_pages = max_pages
         self.max_response_bytes = max_response_bytes
         self.page_cost_seconds = page_cost_seconds
+        self.sleep_page_cost = sleep_page_cost
+        """Really spend ``page_cost_seconds`` per page (capped at the time limit): benchmarks."""
         self.rest_apis_enabled = True
         """False: an admin has not enabled App REST APIs for the app (``403``)."""
         self.token_environments: dict[str, str] = {}
@@ -298,6 +302,8 @@ class ForgeMarkdownSandbox:
             status = 500
         elif self.page_cost_seconds * len(pages) > self.timeout_seconds:
             status = 424
+        if self.sleep_page_cost:
+            time.sleep(min(self.page_cost_seconds * len(pages), self.timeout_seconds))
         self.exports.append(ExportRecord(endpoint, environment, ids, status, self.clock()))
         if status == 500:
             raise _Failure(500, "Unexpected server error")

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from bridge.sandbox.atlassian_keys import ConnectSite, ForgeJWKS, InstallKeyServer
 from bridge.sandbox.confluence_cloud import ConfluenceCloudSandbox
 from bridge.sandbox.confluence_v2 import ConfluenceV2Sandbox
 from bridge.sandbox.content_exporter import ContentExporterSandbox
@@ -25,6 +26,7 @@ CEX_KEY = "sandbox-cex-key"
 FORGE_TOKEN = "sandbox-forge-token"
 # The Connect installation the cloud site knows: the bridge impersonates its users.
 OAUTH_CLIENT_ID = "sandbox-oauth-client"
+CLIENT_KEY = "sandbox-connect-client-key"
 SHARED_SECRET = "sandbox-shared-secret-0123456789abcdef-0123456789"
 USERS = ("557058:alice", "557058:bob")
 DEMO_TEMPLATES = {
@@ -49,12 +51,21 @@ class SandboxSuite:
         self.oauth = OAuthSandbox(self.clock)
         self.cloud = ConfluenceCloudSandbox(self.oauth, self.scroll_engine, self.pages, self.clock)
         self.content_exporter = {
-            region: ContentExporterSandbox(self.pages, self.clock, api_key=CEX_KEY, region=region,
-                                           export_seconds=self.job_seconds)
+            region: ContentExporterSandbox(
+                self.pages,
+                self.clock,
+                api_key=CEX_KEY,
+                region=region,
+                export_seconds=self.job_seconds,
+            )
             for region in ("us", "eu")
         }
         self.forge = ForgeMarkdownSandbox(self.pages, self.clock, tokens=(FORGE_TOKEN,))
         self.confluence_v2 = ConfluenceV2Sandbox(self.pages, tokens=(FORGE_TOKEN,))
+        # Atlassian's signing keys, and the cloud site acting as a Connect host toward a bridge.
+        self.install_keys = InstallKeyServer()
+        self.forge_jwks = ForgeJWKS()
+        self.connect_site = ConnectSite(self.install_keys, self.clock)
 
     def start(self) -> SandboxSuite:
         """Serve every upstream on its own loopback port and connect them to each other."""
@@ -66,6 +77,8 @@ class SandboxSuite:
             "content-exporter-eu": self.content_exporter["eu"].app,
             "forge": self.forge.app,
             "confluence-v2": self.confluence_v2.app,
+            "connect-install-keys": self.install_keys.app,
+            "forge-jwks": self.forge_jwks.app,
         }
         for name, app in apps.items():
             self.servers[name] = ServerThread(app).start()
@@ -101,5 +114,26 @@ class SandboxSuite:
                 "base_url": f"{self.url('scroll-dc')}{self.scroll_dc.context_path}",
                 "auth": {"type": "bearer", "token": SCROLL_PAT},
                 "templates": DEMO_TEMPLATES,
+            },
+            "scroll-macro": {
+                "site_url": self.site_url,
+                "client_key": CLIENT_KEY,
+                "oauth_client_id": OAUTH_CLIENT_ID,
+                "shared_secret": SHARED_SECRET,
+                "auth_server": self.url("oauth"),
+                "templates": DEMO_TEMPLATES,
+            },
+            "content-exporter": {
+                "url": self.url("content-exporter-us"),
+                "api_key": CEX_KEY,
+            },
+            "forge-markdown": {
+                "cloud_id": self.forge.cloud_id,
+                "api_url": self.url("forge"),
+                "token": FORGE_TOKEN,
+                # The gateway form: the walker must re-add /ex/confluence/{cloudId} to next links.
+                "confluence_url": (
+                    f"{self.url('confluence-v2')}/ex/confluence/{self.confluence_v2.cloud_id}"
+                ),
             },
         }

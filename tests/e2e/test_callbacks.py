@@ -50,8 +50,9 @@ def verify(entry: dict[str, Any]) -> dict[str, Any]:
     headers = entry["headers"]
     msg_id, timestamp = headers["Webhook-Id"], headers["Webhook-Timestamp"]
     key = base64.b64decode(SECRET.removeprefix("whsec_"))
-    expected = base64.b64encode(hmac.new(
-        key, f"{msg_id}.{timestamp}.".encode() + entry["body"], hashlib.sha256).digest()).decode()
+    expected = base64.b64encode(
+        hmac.new(key, f"{msg_id}.{timestamp}.".encode() + entry["body"], hashlib.sha256).digest()
+    ).decode()
     assert headers["Webhook-Signature"] == f"v1,{expected}"
     assert abs(int(timestamp) - time.time()) < 60
     body: dict[str, Any] = json.loads(entry["body"])
@@ -59,8 +60,14 @@ def verify(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def tenants(suite: SandboxSuite) -> list[dict[str, Any]]:
-    return [{"id": "acme", "api_keys": [hash_api_key(ACME_KEY)], "callback_secret": SECRET,
-             "backends": suite.tenant_backends()}]
+    return [
+        {
+            "id": "acme",
+            "api_keys": [hash_api_key(ACME_KEY)],
+            "callback_secret": SECRET,
+            "backends": suite.tenant_backends(),
+        }
+    ]
 
 
 def wait_until(predicate: Any, timeout: float = 15) -> None:
@@ -75,11 +82,23 @@ def test_callback_is_signed_and_retried_until_delivered_once(
 ) -> None:
     receiver = Receiver(failures=3)
     with ServerThread(receiver.app) as hook:
-        bridge = start_bridge(tenants=tenants(suite), allow_private_callbacks=True,
-                              callback_schedule=[0, 0.2, 0.2, 0.2, 0.2])
-        job = bridge.session().post(f"{bridge.url}/v1/exports", json={
-            "format": "pdf", "source": {"pageId": "1002"},
-            "callback": {"url": f"{hook.url}/hook"}}).json()
+        bridge = start_bridge(
+            tenants=tenants(suite),
+            allow_private_callbacks=True,
+            callback_schedule=[0, 0.2, 0.2, 0.2, 0.2],
+        )
+        job = (
+            bridge.session()
+            .post(
+                f"{bridge.url}/v1/exports",
+                json={
+                    "format": "pdf",
+                    "source": {"pageId": "1002"},
+                    "callback": {"url": f"{hook.url}/hook"},
+                },
+            )
+            .json()
+        )
         wait_until(lambda: receiver.received)
         time.sleep(0.6)  # nothing more arrives after the success
     assert len(receiver.attempts) == 4
@@ -95,11 +114,19 @@ def test_callback_is_signed_and_retried_until_delivered_once(
 def test_gone_stops_deliveries(start_bridge: Any, suite: SandboxSuite) -> None:
     receiver = Receiver(failures=100, status=410)
     with ServerThread(receiver.app) as hook:
-        bridge = start_bridge(tenants=tenants(suite), allow_private_callbacks=True,
-                              callback_schedule=[0, 0.1, 0.1, 0.1])
-        bridge.session().post(f"{bridge.url}/v1/exports", json={
-            "format": "pdf", "source": {"pageId": "1002"},
-            "callback": {"url": f"{hook.url}/hook"}})
+        bridge = start_bridge(
+            tenants=tenants(suite),
+            allow_private_callbacks=True,
+            callback_schedule=[0, 0.1, 0.1, 0.1],
+        )
+        bridge.session().post(
+            f"{bridge.url}/v1/exports",
+            json={
+                "format": "pdf",
+                "source": {"pageId": "1002"},
+                "callback": {"url": f"{hook.url}/hook"},
+            },
+        )
         wait_until(lambda: receiver.attempts)
         time.sleep(0.6)
     assert len(receiver.attempts) == 1
@@ -109,9 +136,14 @@ def test_failed_jobs_are_delivered_too(start_bridge: Any, suite: SandboxSuite) -
     receiver = Receiver()
     with ServerThread(receiver.app) as hook:
         bridge = start_bridge(tenants=tenants(suite), allow_private_callbacks=True)
-        bridge.session().post(f"{bridge.url}/v1/exports", json={
-            "format": "pdf", "source": {"pageId": "4242"},
-            "callback": {"url": f"{hook.url}/hook"}})
+        bridge.session().post(
+            f"{bridge.url}/v1/exports",
+            json={
+                "format": "pdf",
+                "source": {"pageId": "4242"},
+                "callback": {"url": f"{hook.url}/hook"},
+            },
+        )
         wait_until(lambda: receiver.received)
     body = verify(receiver.received[0])
     assert body["type"] == "export.failed"
@@ -123,11 +155,21 @@ def test_a_crash_loses_neither_the_job_nor_its_delivery(
 ) -> None:
     receiver = Receiver()
     with ServerThread(receiver.app) as hook:
-        first = start_bridge(tenants=tenants(suite), allow_private_callbacks=True,
-                             start_worker=False)
-        job = first.session().post(f"{first.url}/v1/exports", json={
-            "format": "pdf", "source": {"pageId": "1001"},
-            "callback": {"url": f"{hook.url}/hook"}}).json()
+        first = start_bridge(
+            tenants=tenants(suite), allow_private_callbacks=True, start_worker=False
+        )
+        job = (
+            first.session()
+            .post(
+                f"{first.url}/v1/exports",
+                json={
+                    "format": "pdf",
+                    "source": {"pageId": "1001"},
+                    "callback": {"url": f"{hook.url}/hook"},
+                },
+            )
+            .json()
+        )
         first.bridge.service.advance(job["id"])  # started upstream, then the process dies
         first.stop()
         assert receiver.attempts == []
@@ -140,17 +182,27 @@ def test_a_crash_loses_neither_the_job_nor_its_delivery(
 
 def test_callbacks_need_a_secret_and_a_public_url(start_bridge: Any, suite: SandboxSuite) -> None:
     bridge = start_bridge()  # tenants without a callback_secret
-    response = bridge.session().post(f"{bridge.url}/v1/exports", json={
-        "format": "pdf", "source": {"pageId": "1002"},
-        "callback": {"url": "https://example.com/hook"}})
-    assert response.status_code == 400
+    response = bridge.session().post(
+        f"{bridge.url}/v1/exports",
+        json={
+            "format": "pdf",
+            "source": {"pageId": "1002"},
+            "callback": {"url": "https://example.com/hook"},
+        },
+    )
+    assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "callback"
 
     other = start_bridge(tenants=tenants(suite))  # private callbacks not allowed
-    response = other.session().post(f"{other.url}/v1/exports", json={
-        "format": "pdf", "source": {"pageId": "1002"},
-        "callback": {"url": "http://127.0.0.1:9/hook"}})
-    assert response.status_code == 400
+    response = other.session().post(
+        f"{other.url}/v1/exports",
+        json={
+            "format": "pdf",
+            "source": {"pageId": "1002"},
+            "callback": {"url": "http://127.0.0.1:9/hook"},
+        },
+    )
+    assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "callback.url"
 
 
@@ -172,5 +224,6 @@ def test_callback_url_ssrf_guard(url: str, addresses: list[str]) -> None:
 
 
 def test_public_https_callback_is_allowed() -> None:
-    check_callback_url("https://hooks.example/x", allow_private=False,
-                       resolve=lambda host: ["93.184.216.34"])
+    check_callback_url(
+        "https://hooks.example/x", allow_private=False, resolve=lambda host: ["93.184.216.34"]
+    )

@@ -83,11 +83,18 @@ def test_cancel_and_tenant_isolation(start_bridge: Any, suite: SandboxSuite) -> 
 CEX_BODY = {
     "pageSettings": {"size": "A4", "orientation": "PORTRAIT"},
     "margins": [{"top": 1, "bottom": 1, "right": 0.5, "left": 0.5}],
-    "unit": "IN", "tocLevel": 6, "tocTitle": "Table of Contents", "tocMode": "FLAT",
-    "fontResize": True, "headingNumbering": False,
+    "unit": "IN",
+    "tocLevel": 6,
+    "tocTitle": "Table of Contents",
+    "tocMode": "FLAT",
+    "fontResize": True,
+    "headingNumbering": False,
     "pageNumbersArea": {"numbersFrom": "COVER_PAGE", "numbersTo": "BACK_COVER_PAGE"},
-    "outputFormat": "PDF_MERGE", "exportType": "ALL_CHILD", "labels": None,
-    "selectedContentIdList": [], "someFutureField": "ignored",
+    "outputFormat": "PDF_MERGE",
+    "exportType": "ALL_CHILD",
+    "labels": None,
+    "selectedContentIdList": [],
+    "someFutureField": "ignored",
 }
 
 
@@ -108,9 +115,11 @@ def test_content_exporter_proxy_errors(start_bridge: Any) -> None:
     base = f"{bridge.url}/proxy/content-exporter/api/remoteExport"
     no_key = requests.post(f"{base}/1001/init", json={"rootContentId": 1001})
     assert no_key.status_code == 401 and no_key.json()["status"] == 401
-    mismatch = requests.post(f"{base}/1001/init", json={"rootContentId": 1002},
-                             headers={"CEX-API-KEY": ACME_KEY})
+    mismatch = requests.post(
+        f"{base}/1001/init", json={"rootContentId": 1002}, headers={"CEX-API-KEY": ACME_KEY}
+    )
     assert mismatch.status_code == 400
-    unknown = requests.get(f"{base}/poll", params={"hash": "nope"},
-                           headers={"CEX-API-KEY": ACME_KEY})
+    unknown = requests.get(
+        f"{base}/poll", params={"hash": "nope"}, headers={"CEX-API-KEY": ACME_KEY}
+    )
     assert unknown.status_code == 404
