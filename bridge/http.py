@@ -10,6 +10,7 @@ back to the caller as ``retry_after`` so the job is rescheduled instead of block
 from __future__ import annotations
 
 import contextlib
+import http.cookiejar
 import ipaddress
 import json
 import math
@@ -138,6 +139,10 @@ class UpstreamClient:
         self.timeout = (connect_timeout, timeout)
         self.session = session or requests.Session()
         self.session.headers["User-Agent"] = user_agent
+        # The session is shared by every job and tenant of a backend: it must never keep
+        # cookies. Backends that need them (a DC session, a load balancer's affinity)
+        # keep them per job and send them explicitly.
+        self.session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         self._sleep = sleep
         self._clock = clock
         self._rand = rand

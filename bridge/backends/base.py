@@ -107,6 +107,8 @@ class Backend(abc.ABC):
     formats: ClassVar[frozenset[Format]]
     Config: ClassVar[type[BackendConfig]]
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    pages_only: ClassVar[bool] = False
+    """Exports pages (and their descendants) only, not whole spaces."""
 
     def __init__(self, services: BackendServices) -> None:
         self.services = services
@@ -131,6 +133,8 @@ class Backend(abc.ABC):
         """Why this backend, so configured, cannot serve *request*; ``None`` if it can."""
         if request.format not in self.formats:
             return f"{self.name} does not export {request.format}"
+        if self.pages_only and request.page_id is None:
+            return f"{self.name} exports a page (and its descendants), not a whole space"
         return None
 
     @abc.abstractmethod

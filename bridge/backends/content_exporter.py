@@ -135,11 +135,7 @@ class ContentExporterBackend(Backend):
     formats = frozenset({"pdf", "docx", "html"})
     Config = ContentExporterConfig
     Options = ContentExporterOptions
-
-    def unsupported(self, config: Any, request: ExportRequest) -> str | None:
-        if request.page_id is None:
-            return "content-exporter exports a page (and its descendants), not a whole space"
-        return super().unsupported(config, request)
+    pages_only = True
 
     def validate(self, config: Any, request: ExportRequest) -> None:
         options = self.parse_options(request)

@@ -43,7 +43,6 @@ bridge polling; the Scroll export runs to its end and is forgotten by Scroll.
 
 from __future__ import annotations
 
-import http.cookiejar
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -198,20 +197,15 @@ class ScrollMacroBackend(Backend):
     formats = frozenset({"docx", "pdf", "html"})
     Config = ScrollMacroConfig
     Options = ScrollMacroOptions
+    pages_only = True
 
     def __init__(self, services: BackendServices) -> None:
         super().__init__(services)
-        # Confluence cookies belong to one user: never let the shared session replay them.
-        self.client.session.cookies.set_policy(
-            http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-        )
         self._sleep: Callable[[float], None] = services.extras.get("sleep", time.sleep)
         self._tokens: ImpersonationTokens | None = services.extras.get("impersonation")
         self._sync_sites: set[str] = set()
 
     def unsupported(self, config: Any, request: ExportRequest) -> str | None:
-        if request.page_id is None:
-            return "scroll-macro exports a page (and its descendants), not a whole space"
         if request.backend == "auto" and request.as_user is None:
             return "scroll-macro exports as a user; name one with asUser"
         return super().unsupported(config, request)

@@ -11,7 +11,6 @@ cookie) are kept per job in the handle and sent on every later call for that job
 
 from __future__ import annotations
 
-import http.cookiejar
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -23,7 +22,6 @@ from bridge.backends.base import (
     Backend,
     BackendConfig,
     BackendOptions,
-    BackendServices,
     Cancelled,
     Download,
     Handle,
@@ -115,18 +113,7 @@ class ScrollRestBackend(Backend):
     formats = frozenset({"docx", "pdf", "html"})
     Config = ScrollRestConfig
     Options = ScrollRestOptions
-
-    def __init__(self, services: BackendServices) -> None:
-        super().__init__(services)
-        # Cookies belong to one job (kept in its handle), never to the shared session.
-        self.client.session.cookies.set_policy(
-            http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
-        )
-
-    def unsupported(self, config: Any, request: ExportRequest) -> str | None:
-        if request.page_id is None:
-            return "scroll-rest exports a page (and its descendants), not a whole space"
-        return super().unsupported(config, request)
+    pages_only = True
 
     def validate(self, config: Any, request: ExportRequest) -> None:
         options = self.parse_options(request)

@@ -44,8 +44,8 @@ from urllib.parse import urlencode
 from xml.sax.saxutils import escape
 
 from flask import Flask, Response, request
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+from bridge.sandbox.harness import FaultInjector, RecordedCall, instrument, json_response
 from bridge.sandbox.pages import Page, PageTree
 
 SORTS: Final = frozenset({"created-date", "id", "child-position", "modified-date"})
@@ -61,100 +61,6 @@ UNAUTHORIZED: Final = {"code": 401, "message": "Unauthorized; scope does not mat
 
 _API: Final = "/wiki/api/v2"
 _GATEWAY: Final = "/ex/confluence/<cloud_id>/wiki/api/v2"
-
-
-# --- shared by the sandbox upstreams (a candidate for harness.py) ---------------------------
-
-
-@dataclass(frozen=True)
-class RecordedCall:
-    """One request a sandbox upstream received."""
-
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    path_contains: str
-    retry_after: float | None
-
-
-class FaultInjector:
-    """Faults queued by tests, answered before the upstream looks at the request."""
-
-    def __init__(self) -> None:
-        self._faults: list[_Fault] = []
-        self._lock = threading.Lock()
-
-    def add(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        path_contains: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        """Answer the next *times* requests whose path contains *path_contains* with *status*."""
-        with self._lock:
-            self._faults.append(_Fault(status, times, path_contains, retry_after))
-
-    def take(self, path: str) -> Response | None:
-        """Consume the first fault matching *path* and build its response, if any."""
-        with self._lock:
-            fault = next((f for f in self._faults if f.path_contains in path), None)
-            if fault is None:
-                return None
-            fault.remaining -= 1
-            if fault.remaining <= 0:
-                self._faults.remove(fault)
-        response = json_response({"code": fault.status, "message": "Injected fault"}, fault.status)
-        if fault.retry_after is not None:
-            seconds = fault.retry_after
-            response.headers["Retry-After"] = str(
-                int(seconds) if float(seconds).is_integer() else seconds
-            )
-        return response
-
-
-def json_response(payload: Any, status: int = 200) -> Response:
-    """Serialize *payload* as an ``application/json`` response."""
-    return Response(json.dumps(payload), status=status, mimetype="application/json")
-
-
-def instrument(
-    app: Flask,
-    calls: list[RecordedCall],
-    faults: FaultInjector,
-    error_body: Callable[[int, str], Any],
-) -> None:
-    """Record every request, answer injected faults first, and render HTTP errors as JSON."""
-
-    @app.before_request
-    def _record_and_inject() -> Response | None:
-        calls.append(
-            RecordedCall(
-                method=request.method,
-                path=request.path,
-                query=request.args.to_dict(),
-                headers=dict(request.headers.items()),
-                body=request.get_data(),
-            )
-        )
-        return faults.take(request.path)
-
-    @app.errorhandler(HTTPException)
-    def _http_error(error: HTTPException) -> Response:
-        status = error.code or 500
-        response = json_response(error_body(status, error.name), status)
-        if isinstance(error, MethodNotAllowed) and error.valid_methods:
-            response.headers["Allow"] = ", ".join(error.valid_methods)
-        return response
 
 
 def bearer_token() -> str | None:

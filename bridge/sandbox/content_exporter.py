@@ -34,9 +34,8 @@ from typing import Any, Final, Literal
 
 from flask import Flask, Response, request
 
-from bridge.sandbox.confluence_v2 import FaultInjector, RecordedCall, instrument, json_response
 from bridge.sandbox.files import EXTENSIONS, make_file
-from bridge.sandbox.harness import Clock
+from bridge.sandbox.harness import Clock, FaultInjector, RecordedCall, instrument, json_response
 from bridge.sandbox.pages import Page, PageTree
 
 APPLICATION_URLS: Final = {

@@ -39,16 +39,9 @@ from typing import Any, Final, TypeVar
 
 from flask import Flask, Response, request
 
-from bridge.sandbox.confluence_v2 import (
-    UNAUTHORIZED,
-    FaultInjector,
-    RecordedCall,
-    bearer_token,
-    instrument,
-    json_response,
-)
+from bridge.sandbox.confluence_v2 import UNAUTHORIZED, bearer_token
 from bridge.sandbox.files import make_file
-from bridge.sandbox.harness import Clock
+from bridge.sandbox.harness import Clock, FaultInjector, RecordedCall, instrument, json_response
 from bridge.sandbox.pages import Page, PageTree
 
 APP_ID: Final = "0def1d4f-1593-4dd0-99a3-a098b3959067"

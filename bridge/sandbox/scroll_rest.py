@@ -49,7 +49,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from bridge.sandbox.files import GeneratedFile
-from bridge.sandbox.harness import Clock
+from bridge.sandbox.harness import Clock, FaultInjector
 from bridge.sandbox.pages import demo_tree
 from bridge.sandbox.scroll_engine import PRODUCTS, ScrollError, ScrollJobEngine
 
@@ -109,15 +109,6 @@ class CallLog:
             return len(self._calls)
 
 
-@dataclass
-class _Fault:
-    status: int
-    remaining: int
-    path_contains: str
-    retry_after: str | None
-    body: str | None
-
-
 class ScrollRestSandbox:
     """The Scroll exporters' REST API as a Flask app (``.app``) over a shared job engine.
 
@@ -165,7 +156,7 @@ class ScrollRestSandbox:
         self.download_ttl = download_ttl
         self.calls = CallLog()
         self._signing_key = signing_key or secrets.token_bytes(32)
-        self._faults: list[_Fault] = []
+        self.faults = FaultInjector(lambda status: ScrollError(status, "Injected fault.").body())
         self._sessions: set[str] = set()
         self._job_homes: dict[str, tuple[str, int]] = {}
         self._round_robin = itertools.count()
@@ -186,8 +177,9 @@ class ScrollRestSandbox:
         The fault answers before authentication and routing; *body* defaults to the JSON
         error object, and *retry_after* is sent as the ``Retry-After`` header.
         """
-        with self._lock:
-            self._faults.append(_Fault(status, times, path_contains, retry_after, body))
+        self.faults.add(
+            status, times=times, path_contains=path_contains, retry_after=retry_after, body=body
+        )
 
     # -- app -------------------------------------------------------------------------
 
@@ -217,9 +209,9 @@ class ScrollRestSandbox:
 
     def _before_request(self) -> Response | None:
         self.calls.append(Call(request.method, request.path, request.query_string.decode()))
-        fault = self._take_fault(request.path)
+        fault = self.faults.take(request.path)
         if fault is not None:
-            return _fault_response(fault)
+            return fault
         if self.flavor == "dc":
             self._open_session()
         return None
@@ -230,14 +222,6 @@ class ScrollRestSandbox:
                 SESSION_COOKIE, g.session, path=self.context_path or "/", httponly=True
             )
         return response
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for fault in self._faults:
-                if fault.remaining > 0 and fault.path_contains in path:
-                    fault.remaining -= 1
-                    return fault
-            return None
 
     def _open_session(self) -> None:
         """Route the request to a node: its session's node, or the next one round-robin."""
@@ -419,14 +403,3 @@ def _file_response(file: GeneratedFile, filename: str) -> Response:
         },
         direct_passthrough=True,
     )
-
-
-def _fault_response(fault: _Fault) -> Response:
-    if fault.body is None:
-        response = jsonify(ScrollError(fault.status, "Injected fault.").body())
-    else:
-        response = Response(fault.body)
-    response.status_code = fault.status
-    if fault.retry_after is not None:
-        response.headers["Retry-After"] = fault.retry_after
-    return response
