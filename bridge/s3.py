@@ -22,7 +22,7 @@ import contextlib
 import hashlib
 from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -30,20 +30,13 @@ from botocore.exceptions import ClientError
 
 from bridge.artifacts import CHUNK_SIZE, StoredObject
 from bridge.errors import ConfigurationError, NotFoundError
+from bridge.views import attachment_disposition
 
 MIN_PART_SIZE = 5 * 1024 * 1024
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
 MAX_PRESIGN_SECONDS = 7 * 86400
 """SigV4 pre-signed URLs are valid for at most seven days."""
 _MISSING = {"404", "NoSuchKey", "NotFound"}
-
-
-def attachment_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
-    fallback = filename.encode("ascii", "replace").decode("ascii")
-    for bad, good in (('"', "'"), ("\\", "_"), ("?", "_")):
-        fallback = fallback.replace(bad, good)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _is_missing(exc: ClientError) -> bool:

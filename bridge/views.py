@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from bridge.models import Job
 from bridge.service import ExportService
@@ -49,3 +50,11 @@ def job_view(job: Job, service: ExportService) -> dict[str, Any]:
             "sha256": job.artifact.sha256,
         }
     return view
+
+
+def attachment_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
+    fallback = filename.encode("ascii", "replace").decode("ascii")
+    for bad, good in (('"', "'"), ("\\", "_"), ("?", "_")):
+        fallback = fallback.replace(bad, good)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

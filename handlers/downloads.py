@@ -7,21 +7,13 @@ credential is refused. Range requests are honoured for resumable downloads.
 
 from __future__ import annotations
 
-from urllib.parse import quote
-
 from flask import Blueprint, Response, request
 
+from bridge.views import attachment_disposition
 from handlers.auth import bridge, optional_caller
 from handlers.errors import problem
 
 bp = Blueprint("downloads", __name__, url_prefix="/v1/downloads")
-
-
-def content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback name and the exact UTF-8 name (RFC 6266)."""
-    ascii_name = filename.encode("ascii", "replace").decode("ascii").replace('"', "'")
-    ascii_name = ascii_name.replace("\\", "_").replace("?", "_")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @bp.get("/<token>")
@@ -33,7 +25,7 @@ def download(token: str, filename: str | None = None) -> Response:
     size = service.artifacts.size(artifact.key)
     headers = {
         "Content-Type": artifact.content_type,
-        "Content-Disposition": content_disposition(artifact.filename),
+        "Content-Disposition": attachment_disposition(artifact.filename),
         "Accept-Ranges": "bytes",
         "ETag": f'"{artifact.sha256}"',
         "Cache-Control": "private, no-store",

@@ -29,8 +29,8 @@ from bridge.errors import (
     ValidationError,
 )
 from bridge.models import Caller, Job, JobState
+from bridge.views import attachment_disposition
 from handlers.auth import bridge
-from handlers.downloads import content_disposition
 
 scroll = Blueprint("proxy_scroll", __name__, url_prefix="/proxy/scroll/<product>/api/public/1")
 content_exporter = Blueprint(
@@ -219,7 +219,7 @@ def _file_response(job: Job) -> Response:
         headers={
             "Content-Type": artifact.content_type,
             "Content-Length": str(artifact.size),
-            "Content-Disposition": content_disposition(artifact.filename),
+            "Content-Disposition": attachment_disposition(artifact.filename),
         },
         direct_passthrough=True,
     )
