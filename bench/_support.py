@@ -50,6 +50,7 @@ def write_config(
         f"database_url = {toml_value('sqlite:///' + str(workdir / 'bridge.sqlite3'))}",
         f"artifacts_url = {toml_value('file:' + str(workdir / 'artifacts'))}",
         f"encryption_key_file = {toml_value(str(workdir / 'encryption.key'))}",
+        "allow_loopback_upstreams = true",
         *(f"{k} = {toml_value(v)}" for k, v in settings.items()),
         "[[tenants]]",
         'id = "bench"',

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 from pydantic_settings import (
     BaseSettings,
@@ -27,9 +27,12 @@ from pydantic_settings import (
 )
 
 from bridge.errors import ConfigurationError
+from bridge.models import BackendName, ContentId, ExportRequest, Format, SpaceKey
 
 API_KEY_PREFIX = "sha256:"
 FORGE_INSTALLATION_ARI = re.compile(r"ari:cloud:ecosystem::installation/[A-Za-z0-9-]{1,64}")
+_FORGE_EVENT = re.compile(r"avi:confluence:([a-z_]{1,32}):([a-z_]{1,32})")
+_EVENT_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def hash_api_key(key: str) -> str:
@@ -42,8 +45,107 @@ def new_api_key() -> str:
     return "ceb_" + secrets.token_urlsafe(32)
 
 
+def normalize_event(name: str) -> str | None:
+    """A webhook event name in the bridge's vocabulary (Connect's and Data Center's
+    ``page_updated``); Forge's ``avi:confluence:updated:page`` becomes ``page_updated``.
+    ``None`` for anything else."""
+    name = name.strip()
+    forge = _FORGE_EVENT.fullmatch(name)
+    if forge is not None:
+        return f"{forge.group(2)}_{forge.group(1)}"
+    return name if _EVENT_NAME.fullmatch(name) else None
+
+
+def _check_whsec(secret: SecretStr | None) -> SecretStr | None:
+    """Refuse a callback secret that is not ``whsec_`` + base64 of 24 to 64 bytes."""
+    if secret is not None:
+        value = secret.get_secret_value()
+        try:
+            raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
+        except ValueError:
+            raw = b""
+        if not value.startswith("whsec_") or not 24 <= len(raw) <= 64:
+            raise ValueError(
+                "use 'whsec_' + base64 of 24 to 64 random bytes (`export-bridge keygen` prints one)"
+            )
+    return secret
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExportRule(_Strict):
+    """Which webhook events start which export (``[[tenants.rules]]``, ``[[connect_rules]]``).
+
+    An event matches when its name is in ``events`` and it is about a page that passes every
+    filter given: its space is in ``spaces``, its id is in ``page_ids`` (exact ids; webhook
+    payloads carry no ancestry), and, with ``labels``, the payload lists at least one of them
+    (events whose payload lists no labels never match a rule with ``labels``).
+    """
+
+    events: list[str] = Field(min_length=1)
+    """``page_created``, ``page_updated``, ...; Forge names (``avi:confluence:updated:page``)
+    are accepted and stored normalized."""
+    spaces: list[SpaceKey] = Field(default_factory=list)
+    page_ids: list[ContentId] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    backend: BackendName = "auto"
+    format: Format
+    template: str | dict[str, Any] | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    scope: Literal["current", "descendants"] = "current"
+    run_as: Literal["event_user", "app"] = "event_user"
+    """``event_user``: export (and attach) as the user the event names, when it names one;
+    ``app``: as nobody in particular (the backend must not need a user; scroll-macro does)."""
+    attach_to_page: bool = False
+    callback_url: str | None = None
+    """Also POST the finished job here (signed with the tenant's ``callback_secret``)."""
+
+    @field_validator("events")
+    @classmethod
+    def _normalized(cls, events: list[str]) -> list[str]:
+        names = []
+        for event in events:
+            name = normalize_event(event)
+            if name is None:
+                raise ValueError(
+                    f"unknown event {event[:80]!r}: use page_created, page_updated, ... "
+                    "or a Forge event such as avi:confluence:updated:page"
+                )
+            names.append(name)
+        return names
+
+    @model_validator(mode="after")
+    def _exportable(self) -> ExportRule:
+        # The export a match makes must be a valid request (checked once, at start-up).
+        try:
+            ExportRequest.model_validate(self.export_body("1", None))
+        except PydanticValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                for e in exc.errors(include_url=False)
+            )
+            raise ValueError(f"the rule makes an invalid export request ({problems})") from None
+        return self
+
+    def export_body(self, page_id: str, as_user: str | None) -> dict[str, Any]:
+        """The normalized export request this rule makes for a page."""
+        body: dict[str, Any] = {
+            "backend": self.backend,
+            "format": self.format,
+            "source": {"pageId": page_id, "scope": self.scope},
+            "options": dict(self.options),
+        }
+        if self.template is not None:
+            body["template"] = self.template
+        if as_user is not None and self.run_as == "event_user":
+            body["asUser"] = as_user
+        if self.attach_to_page:
+            body["attachToPage"] = True
+        if self.callback_url is not None:
+            body["callback"] = {"url": self.callback_url}
+        return body
 
 
 class SigningKey(_Strict):
@@ -84,21 +186,16 @@ class TenantConfig(_Strict):
     """Forge installations whose invocations (FITs) act for this tenant
     (``ari:cloud:ecosystem::installation/<uuid>``)."""
 
+    rules: list[ExportRule] = Field(default_factory=list)
+    """Webhook events that start exports for this tenant."""
+    dc_webhook_secret: SecretStr | None = Field(default=None, min_length=16)
+    """The secret of this tenant's Confluence Data Center webhooks (``X-Hub-Signature``),
+    delivered to ``/webhooks/dc/<id>``."""
+
     @field_validator("callback_secret")
     @classmethod
     def _whsec(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None:
-            value = secret.get_secret_value()
-            try:
-                raw = base64.b64decode(value.removeprefix("whsec_"), validate=True)
-            except ValueError:
-                raw = b""
-            if not value.startswith("whsec_") or not 24 <= len(raw) <= 64:
-                raise ValueError(
-                    "use 'whsec_' + base64 of 24 to 64 random bytes "
-                    "(`export-bridge keygen` prints one)"
-                )
-        return secret
+        return _check_whsec(secret)
 
     @field_validator("forge_installations")
     @classmethod
@@ -174,8 +271,9 @@ class Settings(BaseSettings):
     )
     """Seconds before each delivery attempt (Standard Webhooks' example schedule)."""
     callback_timeout: float = Field(default=15.0, gt=0)
-    allow_loopback_upstreams: bool = True
-    """Let upstream-supplied URLs point at loopback (the sandbox). Turn off in production."""
+    allow_loopback_upstreams: bool = False
+    """Let upstream-supplied URLs (download links, installing sites) point at loopback or
+    private addresses: only for the sandbox (the demo and the tests turn it on)."""
     connect_app_key: str = Field(
         default="confluence-export-bridge", pattern=r"^[A-Za-z0-9._-]{1,64}$"
     )
@@ -192,6 +290,10 @@ class Settings(BaseSettings):
     """Backend tables for tenants created by a Connect install. ``scroll-macro`` is always
     built from the install (site, client key, OAuth client, secret); a ``scroll-macro`` table
     here adds settings to it (``templates``, ``auth_server``, ...)."""
+    connect_rules: list[ExportRule] = Field(default_factory=list)
+    """Webhook rules of every tenant created by a Connect install."""
+    connect_callback_secret: SecretStr | None = None
+    """Signs the callbacks of tenants created by a Connect install (``whsec_...``)."""
     forge_jwks_url: str = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
     """The keys Forge Invocation Tokens are signed with (staging tokens use Atlassian's
     staging JWKS while this is left at its default)."""
@@ -199,6 +301,11 @@ class Settings(BaseSettings):
     """Forge apps whose invocations are accepted: app ids or ``ari:cloud:ecosystem::app/<id>``."""
     jwt_leeway: int = Field(default=30, ge=0, le=120)
     """Seconds of clock skew allowed on Atlassian JWTs' ``exp``/``iat``/``nbf``."""
+
+    @field_validator("connect_callback_secret")
+    @classmethod
+    def _connect_whsec(cls, secret: SecretStr | None) -> SecretStr | None:
+        return _check_whsec(secret)
 
     @classmethod
     def settings_customise_sources(

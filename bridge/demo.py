@@ -76,6 +76,7 @@ def run_demo(workdir: Path, say: Callable[[str], None]) -> None:
             database_url=f"sqlite:///{workdir / 'bridge.sqlite3'}",
             artifacts_url=f"file:{workdir / 'artifacts'}",
             encryption_key_file=str(workdir / "encryption.key"),
+            allow_loopback_upstreams=True,  # the sandbox upstreams are on loopback
             poll_interval=0.5,
             tenants=[
                 {

@@ -81,6 +81,7 @@ def start_bridge(tmp_path: Path, suite: SandboxSuite) -> Iterator[Callable[..., 
             "artifacts_url": f"file:{tmp_path / 'artifacts'}",
             "encryption_key_file": str(tmp_path / "encryption.key"),
             "poll_interval": 0.2,
+            "allow_loopback_upstreams": True,  # the sandbox is on loopback
             "tenants": tenants_for(suite),
         }
         settings.update(overrides)

@@ -165,6 +165,7 @@ def lambda_env(
         "BRIDGE_WORKER_THREADS": "0",
         "BRIDGE_MAX_WAIT": "20",
         "BRIDGE_POLL_INTERVAL": "0.2",
+        "BRIDGE_ALLOW_LOOPBACK_UPSTREAMS": "true",
     }
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -36,6 +36,7 @@ def settings(tmp_path: Path, suite: SandboxSuite, redis_url: str) -> Settings:  
         poll_interval=0.2,
         encryption_keys=[Fernet.generate_key().decode()],
         tenants=tenants_for(suite),
+        allow_loopback_upstreams=True,
     )
 
 

@@ -37,7 +37,9 @@ CONVERT = "/rest/api/contentbody/convert"
 
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[ScrollMacroBackend]:
-    settings = load_settings(encryption_key_file=str(tmp_path / "key"))
+    settings = load_settings(
+        encryption_key_file=str(tmp_path / "key"), allow_loopback_upstreams=True
+    )
     services = BackendServices(
         settings=settings,
         clock=time.time,

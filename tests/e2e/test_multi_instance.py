@@ -186,6 +186,7 @@ def cluster(
             "artifacts_url": f"file:{tmp_path / 'artifacts'}",
             "background": "rq",
             "poll_interval": 0.2,
+            "allow_loopback_upstreams": True,
             "encryption_keys": [Fernet.generate_key().decode()],
             "signing_keys": [{"id": "k1", "secret": "s" * 40}],
             "tenants": tenants_for(suite),
