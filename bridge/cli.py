@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import sys
 import tempfile
 import time
@@ -13,6 +15,7 @@ import click
 
 from bridge.client import BridgeClient, ClientError
 from bridge.config import hash_api_key, load_settings, new_api_key
+from bridge.crypto import new_encryption_key
 from bridge.errors import ConfigurationError
 
 
@@ -87,10 +90,16 @@ def sandbox(show_config: bool) -> None:
 
 @main.command()
 def keygen() -> None:
-    """Print a new tenant API key and the hash to put in the config."""
+    """Print fresh secrets: a tenant API key (and its hash for the config), a callback
+    secret, a link-signing key and an encryption key."""
     key = new_api_key()
-    click.echo(f"api key (give to the caller): {key}")
-    click.echo(f"api_keys entry (config):      {hash_api_key(key)}")
+    click.echo(f"api key (give to the caller):  {key}")
+    click.echo(f"api_keys entry (config):       {hash_api_key(key)}")
+    click.echo(
+        f"callback_secret (tenant):      whsec_{base64.b64encode(secrets.token_bytes(32)).decode()}"
+    )
+    click.echo(f"signing_keys secret:           {secrets.token_urlsafe(48)}")
+    click.echo(f"encryption_keys entry:         {new_encryption_key()}")
 
 
 @main.command()
