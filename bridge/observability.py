@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -35,6 +35,9 @@ UPSTREAM_CALLS = Counter(
 )
 UPSTREAM_RETRIES = Counter("bridge_upstream_retries_total", "Upstream retries.", ["backend"])
 JOBS_FINISHED = Counter("bridge_jobs_finished_total", "Jobs that ended.", ["backend", "state"])
+QUEUE_DEPTH = Gauge(
+    "bridge_queue_depth", "Unfinished jobs whose next step is due now (sampled at scrape)."
+)
 JOB_SECONDS = Histogram(
     "bridge_job_duration_seconds",
     "Time from job creation to its end.",

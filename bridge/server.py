@@ -15,16 +15,26 @@ class BridgeServer(BaseApplication):  # type: ignore[misc]
     def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
         self.settings = settings
         self.options = options
+        self.app: Any = None
         super().__init__()
 
     def load_config(self) -> None:
         for key, value in self.options.items():
             self.cfg.set(key, value)
+        self.cfg.set("worker_exit", self._worker_exit)
 
     def load(self) -> Any:
         from handlers import create_app
 
-        return create_app(self.settings)
+        self.app = create_app(self.settings)
+        return self.app
+
+    def _worker_exit(self, _server: Any, _worker: Any) -> None:
+        # Graceful shutdown: gunicorn has let in-flight requests finish; now let the
+        # worker threads finish the job steps they hold (a step cut short would only
+        # wait for its lease to run out, but there is no need to).
+        if self.app is not None:
+            self.app.extensions["bridge"].close()
 
 
 def gunicorn_options(bind: str, workers: int, threads: int) -> dict[str, Any]:

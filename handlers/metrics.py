@@ -8,7 +8,14 @@ import time
 from flask import Blueprint, Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from bridge.observability import HTTP_REQUESTS, HTTP_SECONDS, REQUEST_ID, new_request_id
+from bridge.bootstrap import Bridge
+from bridge.observability import (
+    HTTP_REQUESTS,
+    HTTP_SECONDS,
+    QUEUE_DEPTH,
+    REQUEST_ID,
+    new_request_id,
+)
 
 bp = Blueprint("metrics", __name__)
 log = logging.getLogger("bridge.access")
@@ -51,9 +58,16 @@ def _teardown(_exc: BaseException | None) -> None:
         REQUEST_ID.reset(token)
 
 
+def bridge_of(app: Flask) -> Bridge:
+    value: Bridge = app.extensions["bridge"]
+    return value
+
+
 def init_app(app: Flask) -> None:
     """Install request ids, timing and the ``/metrics`` route."""
     app.before_request(_begin)
     app.after_request(_end)
     app.teardown_request(_teardown)
     app.register_blueprint(bp)
+    store, clock = bridge_of(app).store, bridge_of(app).service.clock
+    QUEUE_DEPTH.set_function(lambda: len(store.due_jobs(clock(), 10_000)))

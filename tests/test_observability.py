@@ -117,3 +117,13 @@ def test_metrics_count_requests_and_upstream_calls(start_bridge: Any) -> None:
     assert 'bridge_http_requests_total{method="POST",route="/v1/exports",status="201"}' in text
     assert 'bridge_upstream_requests_total{backend="scroll-rest",outcome="200"}' in text
     assert 'bridge_jobs_finished_total{backend="scroll-rest",state="complete"}' in text
+
+
+def test_queue_depth_counts_due_jobs(start_bridge: Any) -> None:
+    bridge = start_bridge(start_worker=False)
+    for page in ("1001", "1002"):
+        bridge.session().post(
+            f"{bridge.url}/v1/exports", json={"format": "pdf", "source": {"pageId": page}}
+        )
+    text = requests.get(f"{bridge.url}/metrics").text
+    assert "bridge_queue_depth 2.0" in text
