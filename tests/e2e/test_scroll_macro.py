@@ -151,6 +151,18 @@ def test_a_failed_scroll_export_fails_the_job(start_bridge: Any, suite: SandboxS
         ('<div class="result"><code class="success">{"jobId":</code></div>', "invalid_json"),
         ('<div class="result"><code class="success">["x"]</code></div>', "not_an_object"),
         ("", "unparseable_html"),
+        # XXE and billion laughs: refused before any entity is resolved or expanded.
+        (
+            '<!DOCTYPE html [<!ENTITY x SYSTEM "file:///etc/passwd">]><div class="result">'
+            '<code class="success">{"jobId":"&x;"}</code></div>',
+            "unparseable_html",
+        ),
+        (
+            '<!DOCTYPE z [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+            '<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;">]>'
+            '<div class="result"><code class="success">{"jobId":"&d;"}</code></div>',
+            "unparseable_html",
+        ),
     ],
 )
 def test_unreadable_macro_output_fails_the_job(
