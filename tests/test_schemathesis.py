@@ -65,7 +65,7 @@ def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
                 artifacts_url=f"file:{workdir / 'artifacts'}",
                 encryption_key_file=str(workdir / "encryption.key"),
                 poll_interval=0.05,
-            allow_loopback_upstreams=True,
+                allow_loopback_upstreams=True,
                 max_wait=10,
                 tenants=tenants_for(suite),
             )
