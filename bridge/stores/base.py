@@ -23,7 +23,8 @@ class Store(Protocol):
         self, job: Job, idempotency_key: str | None = None, fingerprint: str = ""
     ) -> IdempotencyRecord | None:
         """Insert a new job. With an idempotency key already used by the tenant, insert
-        nothing and return the earlier record instead."""
+        nothing and return the earlier record instead. Job ids are fresh UUIDs; inserting
+        an existing id is a programming error and raises (the store's own exception)."""
 
     def get_job(self, job_id: str) -> Job | None:
         """Return the job, or ``None``."""
@@ -51,7 +52,8 @@ class Store(Protocol):
         """Give the lease back (only if *owner* still holds it)."""
 
     def due_jobs(self, now: float, limit: int) -> list[str]:
-        """Ids of unfinished, unleased jobs whose next step is due."""
+        """Ids of unfinished, unleased jobs whose next step is due, roughly oldest first
+        (a job whose lease lapsed may sort by the lease's end rather than its due time)."""
 
     def expired_jobs(self, now: float, limit: int) -> list[Job]:
         """Finished jobs whose artifact retention has passed."""
@@ -77,7 +79,7 @@ class Store(Protocol):
         """Add an item unless one with this id is already queued; ``True`` if added."""
 
     def due_items(self, queue: str, now: float, limit: int) -> list[str]:
-        """Ids of unleased items due by *now*, oldest first."""
+        """Ids of unleased items due by *now*, roughly oldest first (as :meth:`due_jobs`)."""
 
     def claim_item(
         self, queue: str, item_id: str, owner: str, now: float, lease: float
@@ -96,4 +98,5 @@ class Store(Protocol):
         """Raise if the store is unusable (for ``/readyz``)."""
 
     def close(self) -> None:
-        """Release connections."""
+        """Release connections at shutdown (call once, from the owning thread: on Redis it
+        closes the shared pool)."""
