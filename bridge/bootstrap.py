@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import secrets
 import time
@@ -12,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr
 
 from bridge.artifacts import ArtifactStore, open_artifact_store
+from bridge.attachments import PageAttachments
 from bridge.backends import build_backends
 from bridge.backends.base import Backend, BackendServices
 from bridge.config import Settings
@@ -19,11 +21,13 @@ from bridge.crypto import SecretBox, load_or_create_key_file
 from bridge.delivery import Deliveries
 from bridge.errors import ConfigurationError
 from bridge.http import UpstreamClient
+from bridge.impersonation import ImpersonationTokens
 from bridge.installations import Installations
+from bridge.rules import WebhookRules
 from bridge.service import ExportService
 from bridge.signing import LinkSigner
 from bridge.stores import Store, open_store
-from bridge.tenants import TenantDirectory
+from bridge.tenants import Tenant, TenantDirectory
 from bridge.views import job_view
 from bridge.worker import Worker
 
@@ -105,6 +109,21 @@ def configured_secrets(settings: Settings) -> list[str]:
     return [secret for secret in found if secret]
 
 
+def installed_tenants(
+    installations: Installations, settings: Settings
+) -> Callable[[str], Tenant | None]:
+    """The tenant lookup for Connect installs, giving them ``connect_callback_secret``."""
+    secret = settings.connect_callback_secret
+
+    def lookup(tenant_id: str) -> Tenant | None:
+        tenant = installations.tenant(tenant_id)
+        if tenant is None or secret is None or tenant.callback_secret:
+            return tenant
+        return dataclasses.replace(tenant, callback_secret=secret.get_secret_value())
+
+    return lookup
+
+
 def build_bridge(
     settings: Settings,
     *,
@@ -140,8 +159,9 @@ def build_bridge(
     )
     backends = build_backends(services)
     tenants = TenantDirectory.from_config(settings.tenants, backends)
+    webhook_rules = WebhookRules.from_settings(settings)
     installations = Installations(store, secret_box, settings, backends, clock)
-    tenants.set_fallback(installations.tenant)
+    tenants.set_fallback(installed_tenants(installations, settings))
     service = ExportService(
         settings,
         store,
@@ -152,12 +172,32 @@ def build_bridge(
         clock,
         secret_box,
     )
+    # One try per upload: the delivery schedule retries (a streamed body cannot be replayed).
+    attach_client = UpstreamClient(
+        "confluence-attachments",
+        settings.retry.model_copy(update={"attempts": 1}),
+        timeout=settings.upstream_timeout,
+        connect_timeout=settings.connect_timeout,
+        clock=clock,
+        user_agent=f"confluence-export-bridge ({settings.app_name})",
+    )
+    attachments = PageAttachments(
+        settings,
+        artifacts,
+        tenants,
+        installations,
+        ImpersonationTokens(attach_client, store, secret_box, clock),
+        attach_client,
+        job_secrets=lambda job: service.context(job, None).secrets,
+        clock=clock,
+    )
     service.deliveries = Deliveries(
         settings,
         store,
         clock,
         render=lambda job: job_view(job, service),
         secret_for=lambda tenant_id: getattr(tenants.find(tenant_id), "callback_secret", None),
+        attach=attachments,
     )
     bridge = Bridge(
         settings,
@@ -166,7 +206,12 @@ def build_bridge(
         backends,
         tenants,
         service,
-        extras={"secret_box": secret_box, "installations": installations},
+        extras={
+            "secret_box": secret_box,
+            "installations": installations,
+            "webhook_rules": webhook_rules,
+        },
+        closers=[attach_client.close],
     )
     if settings.background == "rq":
         from bridge.rq_worker import attach  # RQ workers take the steps; no threads here

@@ -167,6 +167,12 @@ class Deliveries:
             log.warning(
                 "delivery stopped", extra={"job": job.id, "kind": item.kind, "reason": str(exc)}
             )
+        except Exception as exc:
+            # A crashing sender must not leave its item leased and unaccounted for: it is
+            # retried on the schedule like any failure, so it gives up in the end.
+            log.exception("delivery crashed", extra={"job": job.id, "kind": item.kind})
+            self._retry(item, owner, None, type(exc).__name__)
+            return
         self.store.delete_item(QUEUE, item.id)
 
     def _retry(

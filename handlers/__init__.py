@@ -6,7 +6,7 @@ from flask import Flask
 
 from bridge.bootstrap import Bridge, build_bridge
 from bridge.config import Settings, load_settings
-from handlers import connect, downloads, errors, exports, health, metrics, openapi, proxy
+from handlers import connect, downloads, errors, exports, health, metrics, openapi, proxy, webhooks
 
 
 def create_app(settings: Settings | None = None, *, bridge: Bridge | None = None) -> Flask:
@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None, *, bridge: Bridge | None = None
     app.extensions["bridge"] = bridge
     errors.register(app)
     metrics.init_app(app)
-    for module in (exports, downloads, health, openapi, connect):
+    for module in (exports, downloads, health, openapi, connect, webhooks):
         app.register_blueprint(module.bp)
     app.register_blueprint(proxy.scroll)
     app.register_blueprint(proxy.content_exporter)

@@ -254,6 +254,66 @@ def _vendor_paths() -> dict[str, Any]:
     }
 
 
+_EVENT_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "object"}}},
+}
+
+
+def _webhook_paths() -> dict[str, Any]:
+    """The webhook targets (rules in ``bridge.rules``; unknown payload keys are ignored)."""
+    done = {"204": {"description": "Taken: an export per matching rule was created."}}
+    return {
+        "/webhooks/connect/{event}": {
+            "post": {
+                "operationId": "connectWebhook",
+                "summary": "A Connect webhook (page_created, page_updated, ...) from an "
+                "installed site; the route names the event.",
+                "tags": ["webhooks"],
+                "security": [{"connectJwt": []}],
+                "parameters": [_param("event", pattern="^[a-z][a-z0-9_]{0,63}$")],
+                "requestBody": _EVENT_BODY,
+                "responses": {**done, **_errors("400", "401", "404", "413")},
+            }
+        },
+        "/webhooks/dc/{tenant_id}": {
+            "post": {
+                "operationId": "dataCenterWebhook",
+                "summary": "A Confluence Data Center webhook; the event is named in the body.",
+                "tags": ["webhooks"],
+                "security": [{"hubSignature": []}],
+                "parameters": [_param("tenant_id")],
+                "requestBody": _EVENT_BODY,
+                "responses": {**done, **_errors("400", "401", "413")},
+            }
+        },
+        "/webhooks/forge": {
+            "post": {
+                "operationId": "forgeEvent",
+                "summary": "A Forge product event (avi:confluence:updated:page, ...) through "
+                "Forge Remote.",
+                "tags": ["webhooks"],
+                "security": [{"bearer": []}],
+                "requestBody": _EVENT_BODY,
+                "responses": {
+                    "202": _json(
+                        "Taken: the exports the matching rules made.",
+                        {
+                            "type": "object",
+                            "properties": {
+                                "matched": {"type": "integer"},
+                                "created": {"type": "integer"},
+                                "jobs": {"type": "array", "items": {"type": "string"}},
+                            },
+                        },
+                    ),
+                    **_errors("400", "401", "403", "413"),
+                },
+            }
+        },
+    }
+
+
 def build_spec() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     request_schema = ExportRequest.model_json_schema(
@@ -294,6 +354,13 @@ def build_spec() -> dict[str, Any]:
                     "name": "Authorization",
                     "description": "`JWT <token>` (or the `jwt` query parameter): a Connect JWT "
                     "signed with the installation's shared secret, `qsh` bound to the request.",
+                },
+                "hubSignature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Hub-Signature",
+                    "description": "`sha256=<hex>`: HMAC-SHA256 of the raw body under the "
+                    "tenant's `dc_webhook_secret` (Confluence Data Center webhooks).",
                 },
             },
             "schemas": {
@@ -470,6 +537,7 @@ def build_spec() -> dict[str, Any]:
                 },
             },
             **_vendor_paths(),
+            **_webhook_paths(),
             "/healthz": {
                 "get": {
                     "operationId": "healthz",

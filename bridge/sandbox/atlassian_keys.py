@@ -6,8 +6,12 @@
 * :class:`ConnectSite`: acts as a Confluence Cloud site toward a Connect app: it sends the
   RS256-signed ``installed``/``uninstalled`` hooks exactly as Atlassian documents them
   (``kid`` header, ``iss`` = clientKey, ``aud`` = [app base URL], ``qsh`` of the hook
-  request) and mints the HS256 request JWTs Confluence sends to the app (``sub`` = user).
-* :class:`ForgeInvoker`: mints Forge Invocation Tokens and calls a remote with them.
+  request), mints the HS256 request JWTs Confluence sends to the app (``sub`` = user), and
+  delivers webhooks to the URL the app's descriptor subscribes for the event (upstreams.md
+  §5.5), with an app-level JWT (no ``sub``; whether real webhook tokens carry one is
+  UNCONFIRMED).
+* :class:`ForgeInvoker`: mints Forge Invocation Tokens and calls a remote with them; product
+  events go as a POST with a FIT that has no ``principal`` (the app is invoked, not a user).
 
 Keys are RSA 2048, generated on first use (so an unused sandbox costs nothing). Lifetimes
 Atlassian does not document are UNCONFIRMED and configurable: install tokens live 180 s
@@ -169,6 +173,7 @@ class ConnectSite:
         self.timeout = timeout
         self.installs: dict[str, SiteInstall] = {}
         self._last: str | None = None
+        self._webhook_paths: dict[tuple[str, str], str] = {}
 
     def install(
         self,
@@ -290,6 +295,57 @@ class ConnectSite:
         body.update(claims)
         return jwt.encode(_present(body), site.shared_secret, algorithm="HS256")
 
+    def send_webhook(
+        self,
+        bridge_url: str,
+        event: str,
+        payload: object,
+        client_key: str | None = None,
+        shared_secret: str | None = None,
+        *,
+        path: str | None = None,
+        **claims: Any,
+    ) -> requests.Response:
+        """POST a webhook for *event* as Confluence does: to the URL the app's descriptor
+        subscribes for it (or *path*), with ``Authorization: JWT`` signed with the install's
+        shared secret (or *shared_secret*); *claims* override the token's (``None`` drops)."""
+        key = client_key or self._require_last()
+        secret = shared_secret or self.installs[key].shared_secret
+        path = path or self.webhook_path(bridge_url, event)
+        now = int(self.clock())
+        body: dict[str, Any] = {
+            "iss": key,
+            "iat": now,
+            "exp": now + self.token_lifetime,
+            "qsh": query_string_hash("POST", path),
+            **claims,
+        }
+        token = jwt.encode(_present(body), secret, algorithm="HS256")
+        return requests.post(
+            f"{bridge_url.rstrip('/')}{path}",
+            json=payload,
+            headers={"Authorization": f"JWT {token}"},
+            timeout=self.timeout,
+        )
+
+    def webhook_path(self, bridge_url: str, event: str) -> str:
+        """The path the app's descriptor subscribes for *event* (read once per app).
+
+        :raises LookupError: the app does not subscribe to *event*.
+        """
+        bridge_url = bridge_url.rstrip("/")
+        cached = self._webhook_paths.get((bridge_url, event))
+        if cached is not None:
+            return cached
+        descriptor = requests.get(f"{bridge_url}/atlassian-connect.json", timeout=self.timeout)
+        descriptor.raise_for_status()
+        modules = descriptor.json().get("modules", {})
+        for hook in modules.get("webhooks", []):
+            self._webhook_paths[(bridge_url, str(hook["event"]))] = str(hook["url"])
+        if (bridge_url, event) not in self._webhook_paths:
+            raise LookupError(f"the app at {bridge_url} does not subscribe to {event!r}")
+        return self._webhook_paths[(bridge_url, event)]
+
     def _require_last(self) -> str:
         if self._last is None:
             raise LookupError("nothing is installed in this site yet")
@@ -374,6 +430,22 @@ class ForgeInvoker:
         if system_token is not None:
             headers["x-forge-oauth-system"] = system_token
         return requests.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+
+    def send_event(
+        self,
+        url: str,
+        installation_id: str,
+        api_base_url: str,
+        payload: object,
+        *,
+        principal: str | None = None,
+        user_token: str | None = None,
+        **claims: Any,
+    ) -> requests.Response:
+        """Deliver a product event to the remote: POST *payload* with a fresh FIT (no
+        ``principal`` unless given, as for app-invoked events; *claims* override)."""
+        token = self.fit(installation_id, api_base_url, principal, **claims)
+        return self.invoke("POST", url, token, user_token=user_token, json=payload)
 
 
 def _present(claims: dict[str, Any]) -> dict[str, Any]:

@@ -29,11 +29,19 @@ Choices the sources leave open (UNCONFIRMED; the configurable ones are construct
 * error bodies: the v1 shape of §3.4 (``authorized/valid/successful`` as in the quoted
   sample), ``{"code": 401, "message": "Unauthorized; scope does not match"}`` for a token
   without the needed Connect scope (``READ`` to convert and list, ``WRITE`` to upload),
-  Scroll's ``{"status", "message"}`` on the download route, ``XSRF check failed`` as text.
+  Scroll's ``{"status", "message"}`` on the download route, ``XSRF check failed`` as text;
+* the attachment routes also take an installed Connect app's own JWT (``Authorization: JWT``,
+  upstreams.md §4.2/§4.4), for apps registered with :meth:`ConfluenceCloudSandbox.register_app`:
+  HS256 under the install's shared secret, ``iss`` the app key (as ACE sends it) or the
+  clientKey (as ``atlassian-jwt`` sends it; which one Atlassian requires is UNCONFIRMED), an
+  ``aud`` (when sent) naming the clientKey, ``exp`` not passed (``APP_JWT_LEEWAY`` seconds of
+  skew), ``qsh`` of the request relative to the site base URL, and the app's descriptor
+  scopes must include the one needed. The upload is recorded as the app's bot user.
 """
 
 from __future__ import annotations
 
+import hmac
 import html
 import html.entities
 import json
@@ -44,7 +52,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import NamedTuple
@@ -55,6 +63,7 @@ from flask import Flask, Response, g, jsonify, request
 from lxml import etree
 from werkzeug.exceptions import HTTPException
 
+from bridge.atlassian_jwt import query_string_hash
 from bridge.sandbox.harness import Clock
 from bridge.sandbox.oauth_server import AccessTokenInfo, OAuthSandbox
 from bridge.sandbox.pages import Page, PageTree
@@ -71,6 +80,8 @@ MACRO_PRODUCTS = {
 ISSUED_AT_MESSAGE = "Must set 'issued-at' parameter to current time as Unix Epoch seconds."
 ASYNC_TARGETS = frozenset({"export_view"})
 SYNC_TARGETS = frozenset({"export_view", "view", "styled_view"})
+APP_JWT_LEEWAY = 30
+"""Seconds of clock skew allowed on an app JWT's ``exp``/``iat`` (UNCONFIRMED)."""
 _EXCEPTIONS = "com.atlassian.confluence.api.service.exceptions."
 _XML_ENTITIES = frozenset({"amp", "lt", "gt", "quot", "apos"})
 _NAMED_ENTITY = re.compile(r"&([A-Za-z][A-Za-z0-9]*);")
@@ -83,6 +94,18 @@ class StoredAttachment(NamedTuple):
     data: bytes
     content_type: str
     uploader: str
+
+
+@dataclass(frozen=True)
+class ConnectApp:
+    """A Connect app installed in the site, which may call the REST API as itself."""
+
+    key: str
+    client_key: str
+    shared_secret: str = field(repr=False)
+    scopes: frozenset[str]
+    account_id: str
+    """The app's bot user, recorded as the uploader of what the app uploads."""
 
 
 @dataclass(frozen=True)
@@ -374,6 +397,7 @@ class ConfluenceCloudSandbox:
         self._tasks: dict[str, _RenderTask] = {}
         self._task_by_key: dict[tuple[object, ...], str] = {}
         self._faults: list[_Fault] = []
+        self._apps: dict[str, ConnectApp] = {}
         self._public_url: str | None = None
         self._lock = threading.Lock()
         self.app = self._make_app()
@@ -388,6 +412,27 @@ class ConfluenceCloudSandbox:
     def base_url(self) -> str | None:
         """The site base URL (root + context path) once :meth:`set_public_url` was called."""
         return None if self._public_url is None else self._public_url + self.context_path
+
+    def register_app(
+        self,
+        app_key: str,
+        client_key: str,
+        shared_secret: str,
+        scopes: tuple[str, ...] = ("READ", "WRITE"),
+        account_id: str | None = None,
+    ) -> ConnectApp:
+        """Record an installed Connect app, so its own JWTs are accepted (see the docstring)."""
+        app = ConnectApp(
+            app_key,
+            client_key,
+            shared_secret,
+            frozenset(scopes),
+            account_id or f"557058:app-{app_key}",
+        )
+        with self._lock:
+            self._apps[app_key] = app
+            self._apps[client_key] = app
+        return app
 
     def inject(
         self,
@@ -438,9 +483,12 @@ class ConfluenceCloudSandbox:
         error.headers.update(headers)
         return error
 
-    def _authenticate(self, scope: str) -> str:
-        """The accountId of the request's impersonation token (which must carry *scope*)."""
+    def _authenticate(self, scope: str, *, allow_app: bool = False) -> str:
+        """The accountId of the request's impersonation token (which must carry *scope*), or
+        with *allow_app* of the registered app whose JWT it carries."""
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if allow_app and scheme.lower() == "jwt" and token.strip():
+            return self._authenticate_app(token.strip(), scope)
         if scheme.lower() != "bearer" or not token.strip():
             raise v1_error(401, "AuthenticationRequiredException", "Authentication required")
         info: AccessTokenInfo | None = self.oauth.verify_access_token(token.strip())
@@ -450,6 +498,51 @@ class ConfluenceCloudSandbox:
         if scope not in info.scopes:
             raise ApiError(401, {"code": 401, "message": "Unauthorized; scope does not match"})
         return info.account_id
+
+    def _authenticate_app(self, token: str, scope: str) -> str:
+        """The bot accountId of the registered app whose JWT this is (module docstring)."""
+        refused = v1_error(401, "AuthenticationRequiredException", "Invalid JWT")
+        try:
+            header = jwt.get_unverified_header(token)
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.PyJWTError:
+            raise refused from None
+        with self._lock:
+            app = self._apps.get(str(unverified.get("iss")))
+        if header.get("alg") != "HS256" or app is None:
+            raise refused
+        try:
+            claims = jwt.decode(
+                token,
+                app.shared_secret,
+                algorithms=["HS256"],
+                options={
+                    "require": ["iss", "iat", "exp", "qsh"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                },
+            )
+        except jwt.PyJWTError:
+            raise refused from None
+        now = self.clock()
+        exp, iat = claims["exp"], claims["iat"]
+        if not isinstance(exp, int | float) or exp + APP_JWT_LEEWAY <= now:
+            raise v1_error(401, "AuthenticationRequiredException", "Expired JWT")
+        if not isinstance(iat, int | float) or iat - APP_JWT_LEEWAY > now:
+            raise refused
+        audience = claims.get("aud", app.client_key)
+        if app.client_key not in (audience if isinstance(audience, list) else [audience]):
+            raise refused
+        query = request.query_string.decode("latin-1")
+        path = request.path + (f"?{query}" if query else "")
+        expected = query_string_hash(request.method, path, self._site_url())
+        if not hmac.compare_digest(str(claims["qsh"]).encode(), expected.encode()):
+            raise v1_error(401, "AuthenticationRequiredException", "JWT qsh does not match")
+        g.account_id = app.account_id
+        if scope not in app.scopes:
+            raise ApiError(401, {"code": 401, "message": "Unauthorized; scope does not match"})
+        return app.account_id
 
     @staticmethod
     def _check_xsrf() -> None:
@@ -591,7 +684,7 @@ class ConfluenceCloudSandbox:
     # -- attachments -----------------------------------------------------------------
 
     def _list_attachments(self, page_id: str) -> Response:
-        self._authenticate("READ")
+        self._authenticate("READ", allow_app=True)
         self._page(page_id)
         with self._lock:
             results = [self._attachment_json(page_id, a) for a in self.attachments.get(page_id, [])]
@@ -606,7 +699,7 @@ class ConfluenceCloudSandbox:
         )
 
     def _upload_attachments(self, page_id: str, replace: bool) -> Response:
-        account_id = self._authenticate("WRITE")
+        account_id = self._authenticate("WRITE", allow_app=True)
         self._check_xsrf()
         self._page(page_id)
         if request.mimetype != "multipart/form-data":
