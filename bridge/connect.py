@@ -71,10 +71,17 @@ def build_descriptor(settings: Settings) -> dict[str, Any]:
         "modules": {
             "webhooks": [
                 {"event": event, "url": webhook_path(event), "excludeBody": False}
-                for event in WEBHOOK_EVENTS
+                for event in subscribed_events(settings)
             ]
         },
     }
+
+
+def subscribed_events(settings: Settings) -> list[str]:
+    """The Connect events to subscribe: the defaults plus every event a ``connect_rules``
+    rule names (a site only sends what the descriptor asks for)."""
+    named = {event for rule in settings.connect_rules for event in rule.events}
+    return [*WEBHOOK_EVENTS, *sorted(named - set(WEBHOOK_EVENTS))]
 
 
 def base_url_allowed(url: object, patterns: list[str], allow_loopback: bool) -> bool:

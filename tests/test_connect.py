@@ -498,3 +498,14 @@ def test_signed_lifecycle_routes(client: FlaskClient, app: Flask, keys: InstallK
     assert reason_of(client.post("/installed", json=body)) == "missing_credentials"
     response = client.post("/installed", data="x", headers={"Authorization": f"JWT {token}"})
     assert response.status_code == 400
+
+
+def test_the_descriptor_subscribes_the_events_connect_rules_name() -> None:
+    from bridge.config import load_settings
+    from bridge.connect import build_descriptor
+
+    settings = load_settings(
+        connect_rules=[{"events": ["page_removed", "page_updated"], "format": "pdf"}]
+    )
+    events = [hook["event"] for hook in build_descriptor(settings)["modules"]["webhooks"]]
+    assert events == ["page_created", "page_updated", "page_removed"]
