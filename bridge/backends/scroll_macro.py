@@ -58,7 +58,6 @@ from bridge.backends.base import (
     Backend,
     BackendConfig,
     BackendServices,
-    Cancelled,
     Download,
     Handle,
     JobContext,
@@ -72,12 +71,12 @@ from bridge.backends.scroll_rest import (
     ScrollRestOptions,
     _filename,
     export_parameters,
+    status_step,
 )
 from bridge.errors import (
     ConfigurationError,
     FieldError,
     UpstreamError,
-    UpstreamJobFailedError,
     UpstreamRejectedError,
     UpstreamResponseError,
     UpstreamUnavailableError,
@@ -275,21 +274,9 @@ class ScrollMacroBackend(Backend):
         return self._status_step(handle, result)
 
     def _status_step(self, handle: Handle, status: ScrollStatus) -> Step:
-        if status.status == "complete":
-            if not status.download_url:
-                raise UpstreamResponseError(
-                    "Scroll reports complete without a downloadUrl", backend=self.name
-                )
-            return Ready({**handle, "downloadUrl": status.download_url})
-        if status.status == "cancelled":
-            return Cancelled(handle, "The export was cancelled in Scroll.")
-        if status.status == "error":
-            raise UpstreamJobFailedError(
-                f"Scroll's export failed at step {status.step} of {status.total_steps}.",
-                backend=self.name,
-            )
-        handle.update(progress=status.progress_percent, phase=status.phase)
-        return Running(handle, progress=status.progress_percent, phase=status.phase)
+        if status.status == "incomplete":
+            handle.update(progress=status.progress_percent, phase=status.phase)
+        return status_step(status, handle, self.name)
 
     def _macro(self, ctx: JobContext, handle: Handle, op: Operation) -> str | ScrollStatus | None:
         """Render *op*'s macro and read its output; ``None`` while Confluence still renders."""

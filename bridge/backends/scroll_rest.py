@@ -30,7 +30,12 @@ from bridge.backends.base import (
     Running,
     Step,
 )
-from bridge.errors import FieldError, UpstreamJobFailedError, UpstreamResponseError, ValidationError
+from bridge.errors import (
+    FieldError,
+    UpstreamJobFailedError,
+    UpstreamResponseError,
+    ValidationError,
+)
 from bridge.models import ExportRequest, Format
 from bridge.scroll import ScrollStatus
 
@@ -152,20 +157,7 @@ class ScrollRestBackend(Backend):
         handle = {**handle}
         _keep_cookies(handle, response.cookies.get_dict())
         status = ScrollStatus.from_json(self.client.json(response), backend=self.name)
-        if status.status == "complete":
-            if not status.download_url:
-                raise UpstreamResponseError(
-                    "Scroll reports complete without a downloadUrl", backend=self.name
-                )
-            return Ready({**handle, "downloadUrl": status.download_url})
-        if status.status == "cancelled":
-            return Cancelled(handle, "The export was cancelled in Scroll.")
-        if status.status == "error":
-            raise UpstreamJobFailedError(
-                f"Scroll's export failed at step {status.step} of {status.total_steps}.",
-                backend=self.name,
-            )
-        return Running(handle, progress=status.progress_percent, phase=status.phase)
+        return status_step(status, handle, self.name)
 
     @contextmanager
     def fetch(self, ctx: JobContext, handle: Handle) -> Iterator[Download]:
@@ -210,6 +202,28 @@ class ScrollRestBackend(Backend):
         elif auth.type == "basic" and auth.password is not None:
             kwargs["auth"] = (auth.username, auth.password.get_secret_value())
         return kwargs
+
+
+def status_step(status: ScrollStatus, handle: Handle, backend: str) -> Step:
+    """The job step a Scroll status means, for the REST and the macro route alike.
+
+    :raises UpstreamResponseError: complete without a ``downloadUrl``.
+    :raises UpstreamJobFailedError: Scroll's own job ended in ``error``.
+    """
+    if status.status == "complete":
+        if not status.download_url:
+            raise UpstreamResponseError(
+                "Scroll reports complete without a downloadUrl", backend=backend
+            )
+        return Ready({**handle, "downloadUrl": status.download_url})
+    if status.status == "cancelled":
+        return Cancelled(handle, "The export was cancelled in Scroll.")
+    if status.status == "error":
+        raise UpstreamJobFailedError(
+            f"Scroll's export failed at step {status.step} of {status.total_steps}.",
+            backend=backend,
+        )
+    return Running(handle, progress=status.progress_percent, phase=status.phase)
 
 
 def export_parameters(

@@ -126,21 +126,12 @@ class ConfluenceV2Sandbox:
         self.site_url = site_url.rstrip("/")
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
+        self.inject = self.faults.add
+        """Queue a fault: ``inject(status, times=, path_contains=, retry_after=, body=)``."""
         self._secret = secrets.token_bytes(16)
         self._space_ids: dict[str, str] = {}
         self._lock = threading.Lock()
         self.app = self._build_app()
-
-    def inject(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        path_contains: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        """Answer the next matching requests with *status* (e.g. 429 with ``Retry-After``)."""
-        self.faults.add(status, times=times, path_contains=path_contains, retry_after=retry_after)
 
     def space_id(self, space_key: str) -> str:
         """The numeric v2 space id the sandbox gives *space_key* (stable per sandbox)."""

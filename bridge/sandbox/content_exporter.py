@@ -119,6 +119,8 @@ class ContentExporterSandbox:
         self.jobs: dict[str, ExportJob] = {}
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
+        self.inject = self.faults.add
+        """Queue a fault: ``inject(status, times=, path_contains=, retry_after=, body=)``."""
         self._lock = threading.Lock()
         self.app = self._build_app()
 
@@ -126,17 +128,6 @@ class ContentExporterSandbox:
     def application_url(self) -> str:
         """The real application URL this sandbox stands in for (by region)."""
         return APPLICATION_URLS[self.region]
-
-    def inject(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        path_contains: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        """Answer the next matching requests with *status* (e.g. 503 with ``Retry-After``)."""
-        self.faults.add(status, times=times, path_contains=path_contains, retry_after=retry_after)
 
     def regenerate_key(self) -> str:
         """Toggle the Remote API off and on: a new key replaces the old one, which stops working."""

@@ -142,20 +142,11 @@ class ForgeMarkdownSandbox:
         self.exports: list[ExportRecord] = []
         self.calls: list[RecordedCall] = []
         self.faults = FaultInjector()
+        self.inject = self.faults.add
+        """Queue a fault: ``inject(status, times=, path_contains=, retry_after=, body=)``."""
         self._flaky: dict[str, int] = {}
         self._lock = threading.Lock()
         self.app = self._build_app()
-
-    def inject(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        path_contains: str = "",
-        retry_after: float | None = None,
-    ) -> None:
-        """Answer the next matching requests with *status* (e.g. 429 with ``Retry-After``)."""
-        self.faults.add(status, times=times, path_contains=path_contains, retry_after=retry_after)
 
     def flaky(self, page_id: str, times: int) -> None:
         """Make the next *times* exports that include *page_id* fail with ``500``."""

@@ -157,31 +157,13 @@ class ScrollRestSandbox:
         self.calls = CallLog()
         self._signing_key = signing_key or secrets.token_bytes(32)
         self.faults = FaultInjector(lambda status: ScrollError(status, "Injected fault.").body())
+        self.inject = self.faults.add
+        """Queue a fault: ``inject(status, times=, path_contains=, retry_after=, body=)``."""
         self._sessions: set[str] = set()
         self._job_homes: dict[str, tuple[str, int]] = {}
         self._round_robin = itertools.count()
         self._lock = threading.Lock()
         self.app = self._build_app()
-
-    def inject(
-        self,
-        status: int,
-        *,
-        times: int = 1,
-        path_contains: str = "",
-        retry_after: str | None = None,
-        body: str | None = None,
-    ) -> None:
-        """Answer the next *times* requests whose path contains *path_contains* with *status*.
-
-        The fault answers before authentication and routing; *body* defaults to the JSON
-        error object, and *retry_after* is sent as the ``Retry-After`` header.
-        """
-        self.faults.add(
-            status, times=times, path_contains=path_contains, retry_after=retry_after, body=body
-        )
-
-    # -- app -------------------------------------------------------------------------
 
     def _build_app(self) -> Flask:
         app = Flask(__name__)
