@@ -120,4 +120,7 @@ class Worker:
             self._inflight.discard(job_id)
         if future.exception() is not None:
             log.error("job step failed", exc_info=future.exception(), extra={"job": job_id})
-        self._wake.set()
+        elif future.result():
+            # Only a task that did something may have made more work due right away;
+            # waking on every task would spin the scheduler while idle.
+            self._wake.set()

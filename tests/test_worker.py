@@ -477,3 +477,31 @@ def test_status_read_leaves_the_download_to_the_worker(rig: Rig, clock: ManualCl
     assert worker.run_once() == 1  # due at once
     assert rig.job(job_id).state is JobState.COMPLETE
     assert rig.backend.verbs(job_id) == ["start", "poll", "poll", "fetch"]
+
+
+def test_an_idle_worker_waits_instead_of_spinning(tmp_path: Path) -> None:
+    """With nothing to do, the scheduler looks for work once per tick, not in a busy loop
+    (a busy loop starves the request threads of the GIL)."""
+    import time
+
+    from bridge.bootstrap import build_bridge
+    from bridge.config import load_settings
+
+    bridge = build_bridge(
+        load_settings(
+            database_url=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            artifacts_url=f"file:{tmp_path / 'artifacts'}",
+            encryption_key_file=str(tmp_path / "key"),
+        ),
+        start_worker=False,
+    )
+    looks = []
+    due_jobs = bridge.store.due_jobs
+    bridge.store.due_jobs = lambda *a, **k: looks.append(1) or due_jobs(*a, **k)  # type: ignore[method-assign]
+    worker = Worker(bridge.service, threads=2, idle_wait=0.1).start()
+    try:
+        time.sleep(1.0)
+    finally:
+        worker.stop()
+        bridge.close()
+    assert len(looks) <= 30  # ~10 ticks; a spinning scheduler makes thousands

@@ -606,7 +606,8 @@ class ConfluenceCloudSandbox:
             if cached is not None and allow_cache:
                 return jsonify({"asyncId": cached})
             if cached is not None:
-                del self._tasks[cached]
+                # An identical request voids the earlier result (two may race here).
+                self._tasks.pop(cached, None)
         value, error = self._render(convert.storage, convert.account_id)
         task = _RenderTask(
             id=str(uuid.uuid4()),
