@@ -452,15 +452,16 @@ class ScrollMacroBackend(Backend):
                 value = build_status_macro(fmt, handle["jobId"], issued_at=issued_at)
             return {"value": value, "representation": "storage"}
 
+        # Two identical renders (same user, body and issued-at second: a double click, or
+        # two jobs sharing that Scroll job) must not void each other's result, which is
+        # what an identical request with allowCache=false does. With allowCache=true they
+        # share one render: one Scroll job and one file for identical starts, and one
+        # answer (at most a second old) for identical status polls.
+        params = {"contentIdContext": handle["pageId"]}
+        if "/async/" in path:  # the sync route has no cache to share
+            params["allowCache"] = "true"
         # A status render reads only; repeating it is harmless, so 5xx is retried inline.
-        return self._call(
-            ctx,
-            "POST",
-            path,
-            body=body,
-            params={"contentIdContext": handle["pageId"]},
-            idempotent=op == "status",
-        )
+        return self._call(ctx, "POST", path, body=body, params=params, idempotent=op == "status")
 
     def _call(
         self,

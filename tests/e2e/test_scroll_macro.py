@@ -341,3 +341,17 @@ def test_a_forge_callers_user_token_carries_the_job_without_a_grant(
     assert done["state"] == "complete", done
     assert suite.scroll_engine.owner_of(upstream_job(bridge, job.id)) == BOB
     assert sum(suite.oauth.token_requests.values()) == 1  # the caller's own, nothing minted
+
+
+def test_identical_exports_started_together_all_complete(
+    start_bridge: Any, suite: SandboxSuite
+) -> None:
+    """A double click (or ten): identical renders in the same second must not void each
+    other's results (Confluence drops a result when an identical uncached request comes)."""
+    import concurrent.futures
+
+    bridge = start_bridge()
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        ids = list(pool.map(lambda _: macro_export(bridge), range(10)))
+    jobs = [wait_for(bridge, job_id) for job_id in ids]
+    assert [job["state"] for job in jobs] == ["complete"] * 10, [j["error"] for j in jobs]
