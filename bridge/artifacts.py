@@ -111,6 +111,16 @@ class LocalArtifactStore:
                     remaining -= len(chunk)
                 yield chunk
 
+    def open_file(self, key: str) -> BinaryIO:
+        """The file itself, for servers that can ``sendfile`` it (whole-file downloads).
+
+        :raises NotFoundError: no such object.
+        """
+        try:
+            return self._path(key).open("rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"artifact {key!r} is gone") from None
+
     def size(self, key: str) -> int:
         try:
             return self._path(key).stat().st_size
