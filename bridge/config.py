@@ -241,6 +241,9 @@ class Settings(BaseSettings):
     """Seconds a minted download link stays valid (never past the artifact's retention)."""
     artifact_ttl: int = Field(default=7 * 86400, ge=60)
     """Seconds an exported file is kept after its job completes."""
+    job_lease: float = Field(default=120.0, ge=1)
+    """Seconds a process holds a job while it takes a step (renewed during long downloads).
+    A process that dies mid-step is taken over by another once this runs out."""
     poll_interval: float = Field(default=2.0, gt=0)
     """Least time between two status calls to an upstream for one job."""
     max_request_bytes: int = Field(default=1024 * 1024, ge=1024)

@@ -56,8 +56,6 @@ AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "html": ("scroll-macro", "scroll-rest", "content-exporter"),
     "markdown": ("forge-markdown",),
 }
-LEASE_SECONDS = 120.0
-LEASE_RENEW_EVERY = 20.0
 
 
 @dataclass(frozen=True)
@@ -320,7 +318,7 @@ class ExportService:
         With ``fetch=False`` (a caller's status read) the file is left for the worker.
         """
         owner = uuid.uuid4().hex
-        if not self.store.claim_job(job_id, owner, self.clock(), LEASE_SECONDS):
+        if not self.store.claim_job(job_id, owner, self.clock(), self.settings.job_lease):
             return None
         # Background steps log (and tell upstreams) the job id when no request id is set.
         token = REQUEST_ID.set(REQUEST_ID.get() or f"job-{job_id}")
@@ -408,12 +406,13 @@ class ExportService:
 
     def _renewing(self, chunks: Iterator[bytes], job_id: str, owner: str) -> Iterator[bytes]:
         """Pass *chunks* through, renewing the job's lease while a long download runs."""
-        renew_at = self.clock() + LEASE_RENEW_EVERY
+        lease = self.settings.job_lease
+        renew_at = self.clock() + lease / 5
         for chunk in chunks:
             if self.clock() >= renew_at:
-                if not self.store.extend_lease(job_id, owner, self.clock() + LEASE_SECONDS):
+                if not self.store.extend_lease(job_id, owner, self.clock() + lease):
                     raise ConflictError("Lost the job's lease during the download.")
-                renew_at = self.clock() + LEASE_RENEW_EVERY
+                renew_at = self.clock() + lease / 5
             yield chunk
 
     def _upstream_failed(self, job: Job, exc: UpstreamError) -> None:
