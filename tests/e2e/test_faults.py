@@ -163,3 +163,95 @@ def test_a_download_url_to_a_foreign_host_is_refused(start_bridge: Any, faulty: 
     job = run(bridge)
     assert job["state"] == "failed"
     assert "may not fetch" in job["error"]["message"]
+
+
+# --- the same wire faults on every other backend ------------------------------------------
+
+# backend -> (request, sandbox server, path of the file download or export answer,
+#             path of a status/progress call, config key naming the upstream URL)
+BACKENDS: dict[str, tuple[dict[str, Any], str, str, str, str]] = {
+    "scroll-macro": (
+        {
+            "backend": "scroll-macro",
+            "format": "pdf",
+            "source": {"pageId": "1002"},
+            "asUser": "557058:alice",
+        },
+        "confluence-cloud",
+        "/download/",
+        "/convert/async/",
+        "auth_server",
+    ),
+    "content-exporter": (
+        {"backend": "content-exporter", "format": "pdf", "source": {"pageId": "1002"}},
+        "content-exporter-us",
+        "/download",
+        "/poll",
+        "url",
+    ),
+    "forge-markdown": (
+        {
+            "backend": "forge-markdown",
+            "format": "markdown",
+            "source": {"pageId": "1001", "scope": "descendants"},
+        },
+        "forge",
+        "/bulkExport",
+        "/bulkExport",
+        "api_url",
+    ),
+}
+
+
+def wrap(suite: SandboxSuite, server: str) -> Faulty:
+    wrapper = Faulty(suite.servers[server].app)
+    suite.servers[server].app = wrapper
+    return wrapper
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_backend_recovers_from_a_cut_download(
+    start_bridge: Any, suite: SandboxSuite, backend: str
+) -> None:
+    request, server, download, _, _ = BACKENDS[backend]
+    faulty = wrap(suite, server)
+    faulty.add(Fault("truncate", download, times=1))
+    job = run(start_bridge(**FAST_RETRY), request)
+    assert job["state"] == "complete", job
+    assert any(hit.startswith("truncate:") for hit in faulty.hits)
+    assert requests.get(job["download"]["url"]).status_code == 200
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_backend_rides_out_a_slow_answer(
+    start_bridge: Any, suite: SandboxSuite, backend: str
+) -> None:
+    request, server, _, status, _ = BACKENDS[backend]
+    faulty = wrap(suite, server)
+    faulty.add(Fault("sleep", status, times=1, seconds=1.5))
+    job = run(start_bridge(upstream_timeout=0.5, **FAST_RETRY), request)
+    assert job["state"] == "complete", job
+    assert any(hit.startswith("sleep:") for hit in faulty.hits)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_every_backend_fails_clearly_when_the_upstream_is_down(
+    start_bridge: Any, suite: SandboxSuite, backend: str
+) -> None:
+    request, _, _, _, url_key = BACKENDS[backend]
+    backends = suite.tenant_backends()
+    backends[backend][url_key] = "http://127.0.0.1:9"  # nothing listens there
+    bridge = start_bridge(
+        tenants=[{"id": "acme", "api_keys": [hash_api_key(ACME_KEY)], "backends": backends}],
+        poll_interval=0.05,
+        **FAST_RETRY,
+    )
+    job = run(bridge, request)
+    assert job["state"] == "failed"
+    if backend == "forge-markdown":
+        # Forge fails per batch after its own retries, naming every page it could not get.
+        assert job["error"]["code"] == "upstream_job_failed"
+        assert "1001 'Product Handbook'" in job["error"]["message"]
+    else:
+        assert job["error"]["code"] == "upstream_unavailable", job["error"]
+        assert "unreachable" in job["error"]["message"]
