@@ -80,7 +80,7 @@ def live_bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 @schema.parametrize()
 @settings(
-    max_examples=120,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
