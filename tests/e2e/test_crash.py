@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from cryptography.fernet import Fernet
 
 from bridge.config import hash_api_key
 from bridge.sandbox.harness import ServerThread
@@ -17,7 +18,7 @@ from tests.conftest import ACME_KEY
 from tests.e2e.test_callbacks import SECRET, Receiver, verify
 from tests.e2e.test_multi_instance import Process, start, wait_healthy, write_config
 from tests.faults import Fault, Faulty
-from tests.redis_fixtures import free_port
+from tests.redis_fixtures import free_port, redis_server, redis_url  # noqa: F401
 
 
 def serve(name: str, config: Path, workdir: Path) -> Process:
@@ -115,3 +116,70 @@ def test_sigkill_mid_download_loses_neither_the_job_nor_its_callback(
     assert len(receiver.received) == 1
     body = verify(receiver.received[0])
     assert body["data"]["id"] == job["id"] and body["data"]["state"] == "complete"
+
+
+def test_sigkill_of_an_rq_worker_mid_download_loses_nothing(
+    suite: SandboxSuite,
+    tmp_path: Path,
+    redis_url: str,  # noqa: F811
+) -> None:
+    """Scaled out: the web process only enqueues, an ``export-bridge worker`` takes the
+    step; killing that worker mid-download and starting another finishes the job."""
+    faulty = Faulty(suite.scroll_dc.app)
+    suite.servers["scroll-dc"].app = faulty
+    faulty.add(Fault("sleep", "/download/", times=1, seconds=30))
+    config = write_config(
+        tmp_path / "bridge.toml",
+        {
+            "database_url": redis_url,
+            "artifacts_url": f"file:{tmp_path / 'artifacts'}",
+            "encryption_keys": [Fernet.generate_key().decode()],
+            "signing_keys": [{"id": "k1", "secret": "s" * 40}],
+            "background": "rq",
+            "poll_interval": 0.2,
+            "job_lease": 3.0,
+            "allow_loopback_upstreams": True,
+            "tenants": [
+                {
+                    "id": "acme",
+                    "api_keys": [hash_api_key(ACME_KEY)],
+                    "backends": suite.tenant_backends(),
+                }
+            ],
+        },
+    )
+    auth = {"Authorization": f"Bearer {ACME_KEY}"}
+    web = serve("web", config, tmp_path)
+    workers: list[Process] = []
+    try:
+        workers.append(
+            start("worker-1", ["worker", "--config", str(config)], tmp_path, dict(os.environ))
+        )
+        job = requests.post(
+            f"{web.url}/v1/exports",
+            headers=auth,
+            json={"backend": "scroll-rest", "format": "pdf", "source": {"pageId": "1001"}},
+        ).json()
+        deadline = time.monotonic() + 30
+        while not any(hit.startswith("sleep:") for hit in faulty.hits):
+            assert time.monotonic() < deadline, workers[0].tail()
+            time.sleep(0.05)
+        workers[0].kill()  # SIGKILL, mid-download
+        workers[0].wait_or_kill()
+
+        workers.append(
+            start("worker-2", ["worker", "--config", str(config)], tmp_path, dict(os.environ))
+        )
+        deadline = time.monotonic() + 40
+        state: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            state = requests.get(f"{web.url}/v1/exports/{job['id']}", headers=auth).json()
+            if state["state"] in ("complete", "failed"):
+                break
+            time.sleep(0.1)
+        assert state["state"] == "complete", workers[1].tail()
+        assert requests.get(state["download"]["url"]).content.startswith(b"%PDF-")
+    finally:
+        for process in [web, *workers]:
+            process.kill()
+            process.wait_or_kill()
