@@ -121,7 +121,7 @@ def configure_logging(
     secrets: Iterable[str] = (), level: str = "INFO", json_lines: bool = True
 ) -> RedactingFilter:
     """Send the root logger's records, redacted, to stderr (JSON lines by default)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _BridgeHandler(sys.stderr)
     handler.setFormatter(
         JSONFormatter()
         if json_lines
@@ -130,9 +130,12 @@ def configure_logging(
     redactor = RedactingFilter(secrets)
     handler.addFilter(redactor)
     root = logging.getLogger()
-    for existing in [h for h in root.handlers if getattr(h, "_bridge", False)]:
-        root.removeHandler(existing)
-    handler._bridge = True  # type: ignore[attr-defined]
+    for existing in [h for h in root.handlers if isinstance(h, _BridgeHandler)]:
+        root.removeHandler(existing)  # configuring twice replaces, never duplicates
     root.addHandler(handler)
     root.setLevel(level)
     return redactor
+
+
+class _BridgeHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs (so it can replace its own)."""

@@ -127,3 +127,24 @@ def test_queue_depth_counts_due_jobs(start_bridge: Any) -> None:
         )
     text = requests.get(f"{bridge.url}/metrics").text
     assert "bridge_queue_depth 2.0" in text
+
+
+def test_configure_logging_installs_one_redacting_json_handler(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bridge.observability import configure_logging
+
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    try:
+        configure_logging(["tenant-secret-123"])
+        configure_logging(["tenant-secret-123"])  # again: replaces, does not duplicate
+        added = [h for h in root.handlers if h not in before]
+        assert len(added) == 1
+        logging.getLogger("bridge.test").warning("leaking tenant-secret-123?")
+        line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert line["message"] == "leaking [redacted]?"
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+        root.setLevel(level)
