@@ -82,6 +82,15 @@ def bridge_process(
         "--threads",
         str(threads),
     ]
+    with child_process(command, f"http://127.0.0.1:{port}/readyz") as process:
+        yield process
+
+
+@contextmanager
+def child_process(
+    command: list[str], ready_url: str, timeout: float = 30.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run *command* as a child; yield it once *ready_url* answers 2xx; stop it after."""
     process = subprocess.Popen(
         command,
         stdout=subprocess.DEVNULL,
@@ -89,20 +98,24 @@ def bridge_process(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while True:
             try:
-                if requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1).ok:
+                if requests.get(ready_url, timeout=1).ok:
                     break
             except requests.RequestException:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the bridge did not start")
+                raise RuntimeError(f"{command[1:3]} did not start")
             time.sleep(0.1)
         yield process
     finally:
         process.terminate()
-        process.wait(timeout=30)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 class PeakRSS:

@@ -49,7 +49,7 @@ from gunicorn.app.base import BaseApplication
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._support import API_KEY, bridge_process, free_port, write_config
+from bench._support import API_KEY, bridge_process, child_process, free_port, write_config
 from bridge.sandbox.pages import demo_tree
 from bridge.sandbox.scroll_engine import ScrollJobEngine
 from bridge.sandbox.scroll_rest import ScrollRestSandbox
@@ -96,27 +96,9 @@ def sandbox_process(port: int, workers: int, threads: int) -> Iterator[str]:
         "--threads",
         str(threads),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}{CONTEXT_PATH}/rest/api/user/current", timeout=1).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the sandbox did not start")
-            time.sleep(0.1)
+    with child_process(command, f"{url}{CONTEXT_PATH}/rest/api/user/current"):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @dataclass(frozen=True)

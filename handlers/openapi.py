@@ -48,7 +48,17 @@ def _job(description: str) -> dict[str, Any]:
     }
 
 
-_JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
+def _download(operation_id: str, summary: str, *path_params: str) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "parameters": [_param(name) for name in path_params],
+        "responses": {
+            "200": {"description": "The file."},
+            "206": {"description": "The requested range."},
+            **_errors("403", "404", "410", "416"),
+        },
+    }
 
 
 _VENDOR_ERROR = {
@@ -481,60 +491,31 @@ def build_spec() -> dict[str, Any]:
                     "operationId": "getExport",
                     "summary": "Read a job; a fresh download link when complete.",
                     "security": bearer,
-                    "parameters": [_JOB_ID],
+                    "parameters": [_param("job_id")],
                     "responses": {"200": _job("The job."), **_errors("401", "404")},
                 },
                 "delete": {
                     "operationId": "cancelExport",
                     "summary": "Cancel a job.",
                     "security": bearer,
-                    "parameters": [_JOB_ID],
+                    "parameters": [_param("job_id")],
                     "responses": {"200": _job("Cancelled."), **_errors("401", "404", "409")},
                 },
             },
             "/v1/downloads/{token}": {
-                "get": {
-                    "operationId": "download",
-                    "summary": "Stream an exported file (the signed link is the credential).",
-                    "parameters": [
-                        {
-                            "name": "token",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        }
-                    ],
-                    "responses": {
-                        "200": {"description": "The file."},
-                        "206": {"description": "The requested range."},
-                        **_errors("403", "404", "410", "416"),
-                    },
-                },
+                "get": _download(
+                    "download",
+                    "Stream an exported file (the signed link is the credential).",
+                    "token",
+                ),
             },
             "/v1/downloads/{token}/{filename}": {
-                "get": {
-                    "operationId": "downloadNamed",
-                    "summary": "The same, with the file name as the last path segment.",
-                    "parameters": [
-                        {
-                            "name": "token",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                        {
-                            "name": "filename",
-                            "in": "path",
-                            "required": True,
-                            "schema": {"type": "string"},
-                        },
-                    ],
-                    "responses": {
-                        "200": {"description": "The file."},
-                        "206": {"description": "The requested range."},
-                        **_errors("403", "404", "410", "416"),
-                    },
-                },
+                "get": _download(
+                    "downloadNamed",
+                    "The same, with the file name as the last path segment.",
+                    "token",
+                    "filename",
+                ),
             },
             **_vendor_paths(),
             **_webhook_paths(),
